@@ -1,1 +1,169 @@
-fn main() {}
+//! # wrun: one binary for every role
+//!
+//! `wrun build`, `wrun inspect`, `wrun run` and `wrun bench` today; the
+//! cluster roles (scheduler, worker, local, submit) join them as
+//! subcommands. This crate is the edge: it parses flags (each with a
+//! `WRUN_*` environment fallback), turns errors into messages and exit
+//! codes, and leaves the work to the library crates.
+
+mod bench;
+mod commands;
+mod exit;
+mod limits;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Failure;
+use crate::limits::LimitArgs;
+
+/// wrun: WebAssembly-sandboxed task execution.
+#[derive(Debug, Parser)]
+#[command(name = "wrun", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a task crate into a Wasm module (cargo, wasm32-wasip1, release).
+    /// Prints the module's path as the last line.
+    Build {
+        /// The task crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// List the tasks of a module with their signatures.
+    Inspect {
+        /// The .wasm module.
+        module: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one task in the sandbox on this machine and print its JSON result.
+    ///
+    /// Each ARG is a JSON value: `wrun run seed.wasm add 1 2` prints 3;
+    /// strings need JSON quotes: `wrun run m.wasm greet '"Ada"'`.
+    /// Exit codes: 0 success, 1 task error, 2 usage or input error.
+    Run {
+        /// The .wasm module.
+        module: PathBuf,
+        /// The task to run.
+        task: String,
+        /// The arguments, one JSON value each.
+        #[arg(allow_negative_numbers = true, conflicts_with = "args")]
+        arg: Vec<String>,
+        /// All arguments as one JSON array, instead of ARGs.
+        #[arg(long)]
+        args: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Print wall time, peak memory and fuel to stderr.
+        #[arg(long)]
+        usage: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Measure wrun and print a table, then one JSON line.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The sandbox alone: task overhead, throughput, compile and cache load, Wasm vs native.
+    Sandbox {
+        /// The seed-tasks module; built from examples/seed-tasks when not given.
+        #[arg(long, env = "WRUN_SEED_MODULE")]
+        module: Option<PathBuf>,
+        /// No-op tasks timed one by one for the latency percentiles.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+        /// Seconds of the all-cores throughput run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}
+
+/// Where compiled modules are cached.
+#[derive(Debug, Clone, clap::Args)]
+struct CacheArgs {
+    /// Directory of the compiled-module cache [default: ~/.cache/wrun/modules].
+    #[arg(long, env = "WRUN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the compiled-module cache.
+    #[arg(long, env = "WRUN_NO_CACHE")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(wrun_sandbox::default_cache_dir)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WRUN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { path } => commands::build(&path),
+        Command::Inspect { module, json } => commands::inspect(&module, json),
+        Command::Run {
+            module,
+            task,
+            arg,
+            args,
+            limits,
+            usage,
+            cache,
+        } => commands::run(
+            &module,
+            &task,
+            &arg,
+            args.as_deref(),
+            &limits,
+            usage,
+            cache.dir(),
+        ),
+        Command::Bench {
+            which:
+                BenchCommand::Sandbox {
+                    module,
+                    iterations,
+                    seconds,
+                },
+        } => bench::sandbox(module, iterations, seconds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+/// Used by subcommands that only report failures of their own making.
+#[allow(dead_code)]
+fn input_error(message: impl Into<String>) -> Failure {
+    Failure::input(anyhow::anyhow!(message.into()))
+}

@@ -1,0 +1,236 @@
+//! `wrun bench sandbox`: what a task costs in the sandbox, measured.
+//!
+//! Prints a table, then one JSON object as the last line. Run it on a
+//! release build and a quiet machine: on 2 vCPUs any other job changes
+//! every figure (STACK.md).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use serde_json::json;
+use wrun_abi::Value;
+
+use wrun_sandbox::{LoadSource, Sandbox, SandboxConfig, TaskLimits};
+
+use crate::exit::{CommandResult, Failure};
+
+/// The seed workloads' darts kernel, compiled natively from the same file
+/// the Wasm module is built from.
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../examples/seed-tasks/src/darts.rs"]
+mod darts_kernel;
+
+const DARTS: u64 = 10_000_000;
+
+fn seed_module(module: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(path) = module {
+        return Ok(path);
+    }
+    let crate_dir = PathBuf::from("examples/seed-tasks");
+    if !crate_dir.is_dir() {
+        return Err(Failure::input(anyhow!(
+            "no --module given and no examples/seed-tasks here: run from the wrun checkout or pass --module"
+        )));
+    }
+    eprintln!("building examples/seed-tasks ...");
+    let modules = wrun_build::build_task_crate(&crate_dir).map_err(Failure::input)?;
+    Ok(modules[0].clone())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    percentile(&values, 0.5)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) -> CommandResult {
+    let module_path = seed_module(module)?;
+    let bytes = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let host = |e: wrun_sandbox::TaskError| anyhow!("{e}");
+    let load = |e: wrun_sandbox::LoadError| anyhow!("{e}");
+
+    // Compile: no disk cache, evicted from memory before each load.
+    let uncached = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        ..SandboxConfig::default()
+    })
+    .map_err(host)?;
+    let mut compile_times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (module, source) = uncached.load(&bytes).map_err(load)?;
+        compile_times.push(started.elapsed());
+        assert_eq!(source, LoadSource::Compiled);
+        uncached.evict(&module.digest());
+    }
+    let compile = median(compile_times);
+
+    // Cached load: from a fresh disk cache, evicted from memory each time.
+    let cache_dir = std::env::temp_dir().join(format!("wrun-bench-cache-{}", std::process::id()));
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache_dir.clone()),
+        max_concurrent_tasks: (threads * 2) as u32,
+        ..SandboxConfig::default()
+    })
+    .map_err(host)?;
+    let (module, _) = sandbox.load(&bytes).map_err(load)?;
+    let mut cached_times = Vec::new();
+    for _ in 0..20 {
+        sandbox.evict(&module.digest());
+        let started = Instant::now();
+        let (_, source) = sandbox.load(&bytes).map_err(load)?;
+        cached_times.push(started.elapsed());
+        if source != LoadSource::DiskCache {
+            return Err(Failure::input(anyhow!(
+                "expected a disk-cache hit, got {source:?}"
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let cached_load = median(cached_times);
+    let (module, _) = sandbox.load(&bytes).map_err(load)?;
+    let limits = TaskLimits::default();
+
+    // One no-op task = encode the (empty) arguments, fresh instance, call,
+    // decode the result. One thread, timed one by one.
+    let noop = || {
+        let args = wrun_abi::encode_value(&Value::Array(Vec::new()));
+        let run = sandbox.run(&module, "noop", &args, &limits);
+        let result = run.result.expect("noop succeeds");
+        assert_eq!(wrun_abi::decode_value(&result), Ok(Value::Nil));
+    };
+    for _ in 0..1000 {
+        noop();
+    }
+    let mut latencies = Vec::with_capacity(iterations as usize);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        noop();
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+
+    // Throughput: one thread per core, each running no-ops back to back.
+    let done = AtomicU64::new(0);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut count = 0;
+                while Instant::now() < deadline {
+                    noop();
+                    count += 1;
+                }
+                done.fetch_add(count, Ordering::Relaxed);
+            });
+        }
+    });
+    let tasks_per_s = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // Darts: the same kernel natively and in Wasm, best of 5.
+    let mut native = Duration::MAX;
+    let mut native_result = (0, 0);
+    for _ in 0..5 {
+        let started = Instant::now();
+        native_result =
+            std::hint::black_box(darts_kernel::throw_darts(std::hint::black_box(DARTS), 1));
+        native = native.min(started.elapsed());
+    }
+    let darts_args =
+        wrun_abi::encode_value(&Value::Array(vec![Value::from(DARTS), Value::from(1u64)]));
+    let mut wasm = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let run = sandbox.run(&module, "throw_darts", &darts_args, &limits);
+        wasm = wasm.min(started.elapsed());
+        let result: (u64, u64) = rmp_serde::from_slice(&run.result.map_err(host)?)
+            .map_err(|e| anyhow!("darts result: {e}"))?;
+        if result != native_result {
+            return Err(Failure::task(anyhow!(
+                "Wasm darts gave {result:?}, native {native_result:?}"
+            )));
+        }
+    }
+    let ratio = wasm.as_secs_f64() / native.as_secs_f64();
+
+    println!(
+        "wrun bench sandbox  ({} bytes module, {threads} threads)",
+        bytes.len()
+    );
+    println!("{:<44} {:>12} {:>12}", "measure", "value", "target");
+    let row =
+        |name: &str, value: String, target: &str| println!("{name:<44} {value:>12} {target:>12}");
+    row(
+        "no-op task p50 (1 thread)",
+        format!("{:.2} µs", p50.as_secs_f64() * 1e6),
+        "≤ 10 µs",
+    );
+    row(
+        "no-op task p99 (1 thread)",
+        format!("{:.2} µs", p99.as_secs_f64() * 1e6),
+        "",
+    );
+    row(
+        &format!("no-op tasks/s ({threads} threads)"),
+        format!("{tasks_per_s:.0}"),
+        "≥ 100000",
+    );
+    row(
+        "compile seed-tasks (cranelift)",
+        format!("{:.1} ms", ms(compile)),
+        "",
+    );
+    row(
+        "load seed-tasks from disk cache",
+        format!("{:.3} ms", ms(cached_load)),
+        "≤ 1 ms",
+    );
+    row(
+        &format!("darts native ({DARTS} darts)"),
+        format!("{:.1} ms", ms(native)),
+        "",
+    );
+    row(
+        &format!("darts wasm ({DARTS} darts)"),
+        format!("{:.1} ms", ms(wasm)),
+        "",
+    );
+    row("darts wasm / native", format!("{ratio:.3}"), "≤ 1.1");
+    println!(
+        "{}",
+        json!({
+            "bench": "sandbox",
+            "module_bytes": bytes.len(),
+            "threads": threads,
+            "noop_task_us_p50": round(p50.as_secs_f64() * 1e6, 2),
+            "noop_task_us_p99": round(p99.as_secs_f64() * 1e6, 2),
+            "noop_tasks_per_s": tasks_per_s.round(),
+            "compile_ms": round(ms(compile), 2),
+            "cached_load_ms": round(ms(cached_load), 3),
+            "darts_native_ms": round(ms(native), 2),
+            "darts_wasm_ms": round(ms(wasm), 2),
+            "darts_wasm_over_native": round(ratio, 3),
+        })
+    );
+    Ok(())
+}
