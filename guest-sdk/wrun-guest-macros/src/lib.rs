@@ -148,14 +148,17 @@ fn expand(function: &ItemFn) -> syn::Result<TokenStream2> {
                 args_ptr: *const u8,
                 args_len: usize,
             ) -> *const ::wrun_guest::__private::Reply {
-                ::wrun_guest::__private::run_task(args_ptr, args_len, |bytes| {
+                // SAFETY: the host calls this export with the buffer it got
+                // from `wrun_alloc(args_len)` and filled with `args_len` bytes
+                // (guest-sdk/ABI.md).
+                unsafe { ::wrun_guest::__private::run_task(args_ptr, args_len, |bytes| {
                     let __WrunArgs(#(#bindings),*) =
                         match ::wrun_guest::__private::decode_args::<__WrunArgs>(bytes) {
                             ::core::result::Result::Ok(args) => args,
                             ::core::result::Result::Err(outcome) => return outcome,
                         };
                     #outcome
-                })
+                }) }
             }
 
             #[cfg(target_arch = "wasm32")]

@@ -86,7 +86,12 @@ fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
 
 /// Runs one task call: installs the panic hook, hands the argument bytes to
 /// `body` and lays the outcome out as a [`Reply`] for the host.
-pub fn run_task(
+///
+/// # Safety
+///
+/// `args_ptr` must point to `args_len` initialised bytes (the host writes
+/// them into a buffer from [`wrun_alloc`]), or `args_len` must be 0.
+pub unsafe fn run_task(
     args_ptr: *const u8,
     args_len: usize,
     body: impl FnOnce(&[u8]) -> Outcome,
@@ -95,8 +100,7 @@ pub fn run_task(
     let args: &[u8] = if args_len == 0 {
         &[]
     } else {
-        // SAFETY: the host wrote exactly `args_len` bytes at `args_ptr`, a
-        // buffer it obtained from `wrun_alloc(args_len)` in this instance.
+        // SAFETY: the caller guarantees `args_len` bytes at `args_ptr`.
         unsafe { std::slice::from_raw_parts(args_ptr, args_len) }
     };
     let (status, payload) = match body(args) {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what wrun needs that cargo does not fetch by itself. Idempotent,
+# and run by both README commands, so a fresh machine needs nothing by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# rust-toolchain.toml pins the toolchain and lists the wasm target, but with
+# RUSTUP_AUTO_INSTALL=0 (as on our machines) rustup does not add a listed
+# target by itself (STACK.md §4).
+rustup target add wasm32-wasip1 >/dev/null
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add clippy rustfmt >/dev/null
+fi
