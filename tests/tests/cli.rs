@@ -9,18 +9,46 @@ use wrun_tests::{Finished, SEED_TASKS_WASM, TEST_GUESTS_WASM, workspace_root, wr
 fn expect(finished: &Finished, code: i32, stdout: &str, stderr_contains: &str) {
     assert_eq!(finished.code, Some(code), "{finished:#?}");
     assert_eq!(finished.stdout, stdout, "{finished:#?}");
-    assert!(finished.stderr.contains(stderr_contains), "stderr lacks {stderr_contains:?}: {finished:#?}");
+    assert!(
+        finished.stderr.contains(stderr_contains),
+        "stderr lacks {stderr_contains:?}: {finished:#?}"
+    );
 }
 
 #[test]
 fn run_prints_the_json_result() {
-    expect(&wrun(&["run", SEED_TASKS_WASM, "add", "1", "2"]), 0, "3\n", "");
+    expect(
+        &wrun(&["run", SEED_TASKS_WASM, "add", "1", "2"]),
+        0,
+        "3\n",
+        "",
+    );
     expect(&wrun(&["run", SEED_TASKS_WASM, "inc", "-5"]), 0, "-4\n", "");
-    expect(&wrun(&["run", SEED_TASKS_WASM, "add", "--args", "[20, 22]"]), 0, "42\n", "");
-    expect(&wrun(&["run", SEED_TASKS_WASM, "increment_data", "[1,2,3]"]), 0, "[2,3,4]\n", "");
-    expect(&wrun(&["run", TEST_GUESTS_WASM, "mirror", r#"{"x":1,"y":2}"#]), 0, "{\"x\":2.0,\"y\":1.0}\n", "");
+    expect(
+        &wrun(&["run", SEED_TASKS_WASM, "add", "--args", "[20, 22]"]),
+        0,
+        "42\n",
+        "",
+    );
+    expect(
+        &wrun(&["run", SEED_TASKS_WASM, "increment_data", "[1,2,3]"]),
+        0,
+        "[2,3,4]\n",
+        "",
+    );
+    expect(
+        &wrun(&["run", TEST_GUESTS_WASM, "mirror", r#"{"x":1,"y":2}"#]),
+        0,
+        "{\"x\":2.0,\"y\":1.0}\n",
+        "",
+    );
     let chatty = wrun(&["run", TEST_GUESTS_WASM, "chatty", "\"hi\"", "--usage"]);
-    expect(&chatty, 0, "\"hi\"\n", "[stdout] out: hi\n[stderr] err: hi\nusage: wall ");
+    expect(
+        &chatty,
+        0,
+        "\"hi\"\n",
+        "[stdout] out: hi\n[stderr] err: hi\nusage: wall ",
+    );
 }
 
 #[test]
@@ -39,16 +67,34 @@ fn limits_come_from_the_environment_too() {
 fn an_infinite_loop_is_stopped_by_the_timeout() {
     let started = Instant::now();
     let finished = wrun(&["run", TEST_GUESTS_WASM, "spin_forever", "--timeout", "1s"]);
-    expect(&finished, 1, "", "error: task exceeded its time limit of 1 s");
+    expect(
+        &finished,
+        1,
+        "",
+        "error: task exceeded its time limit of 1 s",
+    );
     // The limit plus a second, compile included (the cache may be cold).
-    assert!(started.elapsed() < Duration::from_secs(2) + Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn a_memory_bomb_hits_the_memory_limit() {
     let finished = wrun(&["run", TEST_GUESTS_WASM, "memory_bomb", "--memory", "64MiB"]);
-    expect(&finished, 1, "", "error: task exceeded its memory limit of 64 MiB");
-    assert!(finished.max_rss_kib < 256 * 1024, "host RSS {} KiB", finished.max_rss_kib);
+    expect(
+        &finished,
+        1,
+        "",
+        "error: task exceeded its memory limit of 64 MiB",
+    );
+    assert!(
+        finished.max_rss_kib < 256 * 1024,
+        "host RSS {} KiB",
+        finished.max_rss_kib
+    );
 }
 
 #[test]
@@ -60,30 +106,64 @@ fn deep_recursion_is_a_stack_overflow_trap() {
 #[test]
 fn a_hundred_megabytes_of_stdout_is_truncated_and_host_memory_stays_bounded() {
     let finished = wrun(&["run", TEST_GUESTS_WASM, "flood_stdout", "100"]);
-    expect(&finished, 0, &format!("{}\n", 100u64 << 20), "[stdout] [wrun: 103809024 more bytes of stdout dropped");
+    expect(
+        &finished,
+        0,
+        &format!("{}\n", 100u64 << 20),
+        "[stdout] [wrun: 103809024 more bytes of stdout dropped",
+    );
     // 1 MiB kept; the process (binary, engine, one pooled instance) stays far below 100 MB.
-    assert!(finished.max_rss_kib < 80 * 1024, "host RSS {} KiB", finished.max_rss_kib);
+    assert!(
+        finished.max_rss_kib < 80 * 1024,
+        "host RSS {} KiB",
+        finished.max_rss_kib
+    );
 }
 
 #[test]
 fn a_result_over_the_limit_is_an_error() {
-    let finished = wrun(&["run", TEST_GUESTS_WASM, "big_result", "5000", "--max-result", "1KiB"]);
-    expect(&finished, 1, "", "error: task result is 5003 bytes, over the limit of 1 KiB");
+    let finished = wrun(&[
+        "run",
+        TEST_GUESTS_WASM,
+        "big_result",
+        "5000",
+        "--max-result",
+        "1KiB",
+    ]);
+    expect(
+        &finished,
+        1,
+        "",
+        "error: task result is 5003 bytes, over the limit of 1 KiB",
+    );
 }
 
 #[test]
 fn files_and_sockets_are_denied() {
     let file = wrun(&["run", TEST_GUESTS_WASM, "read_file", "\"/etc/passwd\""]);
-    expect(&file, 1, "", "error: task failed: cannot read /etc/passwd: No such file or directory");
+    expect(
+        &file,
+        1,
+        "",
+        "error: task failed: cannot read /etc/passwd: No such file or directory",
+    );
     let socket = wrun(&["run", TEST_GUESTS_WASM, "open_socket", "\"127.0.0.1:22\""]);
-    expect(&socket, 1, "", "error: task failed: cannot connect to 127.0.0.1:22: operation not supported");
+    expect(
+        &socket,
+        1,
+        "",
+        "error: task failed: cannot connect to 127.0.0.1:22: operation not supported",
+    );
 }
 
 #[test]
 fn a_panic_shows_its_message_and_location() {
     let finished = wrun(&["run", TEST_GUESTS_WASM, "panic_with", "\"the sky fell\""]);
     expect(&finished, 1, "", "error: task panicked at src/lib.rs:");
-    assert!(finished.stderr.trim_end().ends_with(": the sky fell"), "{finished:#?}");
+    assert!(
+        finished.stderr.trim_end().ends_with(": the sky fell"),
+        "{finished:#?}"
+    );
 }
 
 #[test]
@@ -91,13 +171,26 @@ fn bad_modules_are_input_errors() {
     let not_wasm = std::env::temp_dir().join(format!("wrun-not-wasm-{}.wasm", std::process::id()));
     std::fs::write(&not_wasm, b"#!/bin/sh\necho hi\n").unwrap();
     let finished = wrun(&["run", not_wasm.to_str().unwrap(), "add", "1", "2"]);
-    expect(&finished, 2, "", "not a WebAssembly module: it does not start with the `\\0asm` magic");
+    expect(
+        &finished,
+        2,
+        "",
+        "not a WebAssembly module: it does not start with the `\\0asm` magic",
+    );
 
     let no_abi = std::env::temp_dir().join(format!("wrun-no-abi-{}.wasm", std::process::id()));
-    std::fs::write(&no_abi, wat::parse_str("(module (memory (export \"memory\") 1) (func (export \"add\")))").unwrap())
-        .unwrap();
+    std::fs::write(
+        &no_abi,
+        wat::parse_str("(module (memory (export \"memory\") 1) (func (export \"add\")))").unwrap(),
+    )
+    .unwrap();
     let finished = wrun(&["run", no_abi.to_str().unwrap(), "add"]);
-    expect(&finished, 2, "", "not a wrun task module: it has no `wrun.tasks` custom section");
+    expect(
+        &finished,
+        2,
+        "",
+        "not a wrun task module: it has no `wrun.tasks` custom section",
+    );
     let finished = wrun(&["run", "/nonexistent.wasm", "add"]);
     expect(&finished, 2, "", "cannot read the module /nonexistent.wasm");
     let _ = std::fs::remove_file(not_wasm);
@@ -107,19 +200,49 @@ fn bad_modules_are_input_errors() {
 #[test]
 fn unknown_tasks_and_bad_arguments_are_input_errors() {
     let finished = wrun(&["run", SEED_TASKS_WASM, "multiply", "1", "2"]);
-    expect(&finished, 2, "", "error: unknown task `multiply`; the module has: add, dec, do_analysis,");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: unknown task `multiply`; the module has: add, dec, do_analysis,",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "1"]);
-    expect(&finished, 2, "", "error: task `add(x: i64, y: i64) -> i64` takes 2 argument(s), got 1");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: task `add(x: i64, y: i64) -> i64` takes 2 argument(s), got 1",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "1", "\"two\""]);
-    expect(&finished, 2, "", "error: argument `y` of task `add`: expected i64, got string \"two\"");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: argument `y` of task `add`: expected i64, got string \"two\"",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "increment_data", "[1, 2.5]"]);
-    expect(&finished, 2, "", "error: argument `data` of task `increment_data`: at [1]: expected i64, got number 2.5");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: argument `data` of task `increment_data`: at [1]: expected i64, got number 2.5",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "1", "two"]);
-    expect(&finished, 2, "", "error: argument 2 (\"two\") is not valid JSON");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: argument 2 (\"two\") is not valid JSON",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "--args", "[1, 2"]);
     expect(&finished, 2, "", "error: --args is not valid JSON");
     let finished = wrun(&["run", TEST_GUESTS_WASM, "norm", r#"{"x": 1}"#]);
-    expect(&finished, 2, "", "error: task `norm` rejected its arguments: argument `p`: missing field `y`");
+    expect(
+        &finished,
+        2,
+        "",
+        "error: task `norm` rejected its arguments: argument `p`: missing field `y`",
+    );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "1", "2", "--timeout", "soon"]);
     expect(&finished, 2, "", "`soon` is not a duration");
 }
@@ -128,8 +251,18 @@ fn unknown_tasks_and_bad_arguments_are_input_errors() {
 fn inspect_lists_tasks_with_signatures() {
     let finished = wrun(&["inspect", SEED_TASKS_WASM]);
     assert_eq!(finished.code, Some(0), "{finished:#?}");
-    assert!(finished.stdout.contains("\n  throw_darts(darts: u64, seed: u64) -> tuple<u64,u64>\n"), "{}", finished.stdout);
-    assert!(finished.stdout.contains("\n  estimate_pi(counts: list<tuple<u64,u64>>) -> f64\n"));
+    assert!(
+        finished
+            .stdout
+            .contains("\n  throw_darts(darts: u64, seed: u64) -> tuple<u64,u64>\n"),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        finished
+            .stdout
+            .contains("\n  estimate_pi(counts: list<tuple<u64,u64>>) -> f64\n")
+    );
     let json = wrun(&["inspect", SEED_TASKS_WASM, "--json"]);
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(parsed["tasks"].as_array().unwrap().len(), 11);
@@ -143,7 +276,10 @@ fn build_prints_the_module_path_last() {
     let finished = wrun(&["build", crate_dir.to_str().unwrap()]);
     assert_eq!(finished.code, Some(0), "{finished:#?}");
     let last = finished.stdout.lines().last().unwrap();
-    assert!(last.ends_with("wasm32-wasip1/release/seed_tasks.wasm"), "{last}");
+    assert!(
+        last.ends_with("wasm32-wasip1/release/seed_tasks.wasm"),
+        "{last}"
+    );
     assert!(std::path::Path::new(last).is_file());
     let finished = wrun(&["build", "/nonexistent"]);
     expect(&finished, 2, "", "no Cargo.toml in /nonexistent");

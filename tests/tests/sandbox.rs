@@ -527,3 +527,34 @@ fn the_disk_cache_survives_corruption() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fuel_limits_stop_a_guest_and_usage_reports_fuel() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        fuel_metering: true,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let (guests, _) = sandbox.load(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let (seed, _) = sandbox.load(&read_module(SEED_TASKS_WASM)).unwrap();
+    let limits = TaskLimits {
+        fuel: Some(1_000_000),
+        ..TaskLimits::default()
+    };
+    let error = run(&sandbox, &guests, "spin_forever", json!([]), &limits)
+        .result
+        .unwrap_err();
+    assert_eq!(error, TaskError::OutOfFuel { limit: 1_000_000 });
+    let small = run(&sandbox, &seed, "add", json!([1, 2]), &limits);
+    let used = small.usage.fuel_consumed.unwrap();
+    assert!(used > 0 && used < 1_000_000, "fuel used {used}");
+    assert_eq!(ok(small), json!(3));
+    // A sandbox without metering refuses a fuel limit rather than ignoring it.
+    let unmetered = self::sandbox();
+    let (seed, _) = unmetered.load(&read_module(SEED_TASKS_WASM)).unwrap();
+    let error = run(&unmetered, &seed, "add", json!([1, 2]), &limits)
+        .result
+        .unwrap_err();
+    assert!(matches!(error, TaskError::InvalidLimits(_)), "{error:?}");
+}

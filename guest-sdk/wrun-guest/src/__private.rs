@@ -213,3 +213,82 @@ impl<'de, Args: ArgsFromSeq<'de>> serde::de::Visitor<'de> for ArgsVisitor<Args> 
         Ok(args)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// What the macro generates for `fn f(count: u32, names: Vec<String>)`.
+    struct Args2(u32, Vec<String>);
+
+    impl<'de> ArgsFromSeq<'de> for Args2 {
+        const COUNT: usize = 2;
+        fn from_seq<A: SeqAccess<'de>>(seq: &mut A) -> Result<Self, A::Error> {
+            Ok(Args2(
+                next_arg(seq, "count", 0, 2)?,
+                next_arg(seq, "names", 1, 2)?,
+            ))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Args2 {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_seq(ArgsVisitor::<Args2>::default())
+        }
+    }
+
+    fn bad_arguments(bytes: &[u8]) -> String {
+        match decode_args::<Args2>(bytes) {
+            Err(Outcome::BadArguments(message)) => message,
+            Err(_) => panic!("not an argument error"),
+            Ok(_) => panic!("decoded"),
+        }
+    }
+
+    #[test]
+    fn argument_errors_name_the_parameter_and_the_count() {
+        let wrong_type = rmp_serde::to_vec(&(7u32, vec![1u8])).unwrap();
+        assert!(
+            bad_arguments(&wrong_type).starts_with("argument `names`: invalid type: integer `1`")
+        );
+        let too_few = rmp_serde::to_vec(&(7u32,)).unwrap();
+        assert_eq!(bad_arguments(&too_few), "expected 2 arguments, got 1");
+        let too_many = rmp_serde::to_vec(&(7u32, Vec::<String>::new(), true)).unwrap();
+        assert_eq!(bad_arguments(&too_many), "expected 2 arguments, got 3");
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Record {
+        id: u64,
+        label: Option<String>,
+        scores: HashMap<String, f64>,
+        pair: (i8, bool),
+    }
+
+    proptest! {
+        #[test]
+        fn arguments_round_trip(count in any::<u32>(), names in prop::collection::vec(".{0,12}", 0..8)) {
+            let bytes = rmp_serde::to_vec(&(count, names.clone())).unwrap();
+            let Ok(Args2(c, n)) = decode_args::<Args2>(&bytes) else { panic!("decode") };
+            prop_assert_eq!(c, count);
+            prop_assert_eq!(n, names);
+        }
+
+        #[test]
+        fn results_round_trip_with_field_names(
+            id in any::<u64>(),
+            label in prop::option::of(".{0,12}"),
+            scores in prop::collection::hash_map(".{0,6}", -1e9f64..1e9, 0..6),
+            pair in any::<(i8, bool)>(),
+        ) {
+            let record = Record { id, label, scores, pair };
+            let Outcome::Value(bytes) = value_outcome(&record) else { panic!("encode") };
+            let back: Record = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &record);
+            // Field names travel, so the host can show them.
+            prop_assert!(bytes.windows(6).any(|w| w == b"scores"));
+        }
+    }
+}

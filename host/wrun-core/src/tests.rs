@@ -1,0 +1,560 @@
+//! Core tests: event sequences in, exactly the expected decisions out, and
+//! `sanity_check()` after every step. The `Sim` plays the workers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::{
+    Arg, ClientId, Comm, Core, CoreConfig, Failure, SubmitError, TaskId, TaskSpec, WorkerId,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Said {
+    Assign(WorkerId, TaskId, Vec<(TaskId, WorkerId)>),
+    Steal(WorkerId, Vec<TaskId>),
+    Cancel(WorkerId, TaskId),
+    Free(WorkerId, TaskId),
+    Done(TaskId, WorkerId),
+    Failed(TaskId, String),
+}
+
+#[derive(Default)]
+struct TestComm {
+    said: Vec<Said>,
+}
+
+impl Comm<()> for TestComm {
+    fn assign(&mut self, worker: WorkerId, task: &TaskSpec<()>, inputs: &[(TaskId, WorkerId)]) {
+        self.said
+            .push(Said::Assign(worker, task.id, inputs.to_vec()));
+    }
+    fn steal(&mut self, worker: WorkerId, tasks: &[TaskId]) {
+        self.said.push(Said::Steal(worker, tasks.to_vec()));
+    }
+    fn cancel(&mut self, worker: WorkerId, task: TaskId) {
+        self.said.push(Said::Cancel(worker, task));
+    }
+    fn free(&mut self, worker: WorkerId, task: TaskId) {
+        self.said.push(Said::Free(worker, task));
+    }
+    fn done(&mut self, _client: ClientId, task: TaskId, worker: WorkerId, _size: u64) {
+        self.said.push(Said::Done(task, worker));
+    }
+    fn failed(&mut self, _client: ClientId, task: TaskId, failure: &Failure) {
+        self.said.push(Said::Failed(task, failure.to_string()));
+    }
+}
+
+fn spec(id: u64, deps: &[u64]) -> TaskSpec<()> {
+    let mut args = vec![Arg::Value(vec![0x01])];
+    args.extend(deps.iter().map(|d| Arg::Result(TaskId(*d))));
+    TaskSpec {
+        id: TaskId(id),
+        client: ClientId(1),
+        args,
+        retries: 0,
+        payload: (),
+    }
+}
+
+const C: ClientId = ClientId(1);
+fn t(id: u64) -> TaskId {
+    TaskId(id)
+}
+fn w(id: u64) -> WorkerId {
+    WorkerId(id)
+}
+
+struct Env {
+    core: Core<()>,
+    comm: TestComm,
+    now: Instant,
+}
+
+impl Env {
+    fn new(queue_per_slot: u32) -> Env {
+        Env {
+            core: Core::new(CoreConfig {
+                queue_per_slot,
+                ..CoreConfig::default()
+            }),
+            comm: TestComm::default(),
+            now: Instant::now(),
+        }
+    }
+
+    /// What the core said since the last call; checks invariants first.
+    fn said(&mut self) -> Vec<Said> {
+        self.core.sanity_check();
+        std::mem::take(&mut self.comm.said)
+    }
+
+    fn submit(&mut self, batch: Vec<TaskSpec<()>>) {
+        self.core.submit(batch, &mut self.comm).unwrap();
+    }
+
+    fn worker(&mut self, id: u64, slots: u32) {
+        self.core.add_worker(w(id), slots, self.now, &mut self.comm);
+    }
+
+    fn finish(&mut self, worker: u64, task: u64, size: u64) {
+        self.core.task_started(w(worker), t(task));
+        self.core
+            .task_finished(w(worker), t(task), size, &mut self.comm);
+    }
+}
+
+fn error(message: &str) -> Failure {
+    Failure::Error {
+        kind: "panic".into(),
+        message: message.into(),
+    }
+}
+
+#[test]
+fn a_chain_runs_in_order_and_frees_what_nobody_needs() {
+    let mut env = Env::new(4);
+    env.submit(vec![spec(1, &[]), spec(2, &[1]), spec(3, &[2])]);
+    assert_eq!(env.said(), vec![]);
+    env.worker(1, 1);
+    assert_eq!(env.said(), vec![Said::Assign(w(1), t(1), vec![])]);
+    env.finish(1, 1, 8);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(1), w(1)),
+            Said::Assign(w(1), t(2), vec![(t(1), w(1))])
+        ]
+    );
+    env.core.release(t(1), &mut env.comm);
+    assert_eq!(env.said(), vec![], "t2 still needs t1's result");
+    env.finish(1, 2, 8);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(2), w(1)),
+            Said::Free(w(1), t(1)),
+            Said::Assign(w(1), t(3), vec![(t(2), w(1))])
+        ]
+    );
+}
+
+#[test]
+fn placement_follows_the_input_bytes_then_the_shorter_queue() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.worker(2, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[])]);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Assign(w(1), t(1), vec![]),
+            Said::Assign(w(2), t(2), vec![])
+        ]
+    );
+    env.finish(1, 1, 1000);
+    env.finish(2, 2, 10);
+    env.said();
+    // t3 reads 1000 bytes from w1 and 10 from w2: it goes to w1.
+    env.submit(vec![spec(3, &[1, 2])]);
+    assert_eq!(
+        env.said(),
+        vec![Said::Assign(w(1), t(3), vec![(t(1), w(1)), (t(2), w(2))])]
+    );
+}
+
+#[test]
+fn a_lost_worker_s_tasks_are_rescheduled_and_its_results_recomputed() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[1]), spec(3, &[2])]);
+    env.finish(1, 1, 8);
+    env.core.task_started(w(1), t(2));
+    env.said();
+    env.worker(2, 1);
+    env.said();
+    env.core.remove_worker(w(1), &mut env.comm);
+    // t1's only copy was on w1 and t2 needs it: t1 runs again, then t2.
+    assert_eq!(env.said(), vec![Said::Assign(w(2), t(1), vec![])]);
+    env.finish(2, 1, 8);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(1), w(2)),
+            Said::Assign(w(2), t(2), vec![(t(1), w(2))])
+        ]
+    );
+}
+
+#[test]
+fn a_task_running_at_three_worker_deaths_fails_as_suspicious() {
+    let mut env = Env::new(4);
+    env.submit(vec![spec(1, &[]), spec(2, &[1])]);
+    for round in 0..3u64 {
+        env.worker(10 + round, 1);
+        env.core.task_started(w(10 + round), t(1));
+        env.said();
+        env.core.remove_worker(w(10 + round), &mut env.comm);
+    }
+    let said = env.said();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        matches!(&said[0], Said::Failed(task, m) if *task == t(1) && m.starts_with("suspicious"))
+    );
+    assert!(
+        matches!(&said[1], Said::Failed(task, m) if *task == t(2) && m.contains("dependency t1 failed"))
+    );
+}
+
+#[test]
+fn queued_but_not_started_tasks_do_not_count_deaths() {
+    let mut env = Env::new(4);
+    env.submit(vec![spec(1, &[])]);
+    for round in 0..5u64 {
+        env.worker(10 + round, 1);
+        env.said();
+        env.core.remove_worker(w(10 + round), &mut env.comm);
+    }
+    env.worker(99, 1);
+    assert_eq!(env.said(), vec![Said::Assign(w(99), t(1), vec![])]);
+}
+
+#[test]
+fn errors_fail_dependents_with_the_first_cause_unless_retries_are_asked() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    let mut retried = spec(1, &[]);
+    retried.retries = 1;
+    env.submit(vec![retried, spec(2, &[1]), spec(3, &[2])]);
+    env.said();
+    env.core
+        .task_failed(w(1), t(1), error("boom"), &mut env.comm);
+    assert_eq!(
+        env.said(),
+        vec![Said::Assign(w(1), t(1), vec![])],
+        "one retry"
+    );
+    env.core
+        .task_failed(w(1), t(1), error("boom again"), &mut env.comm);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Failed(t(1), "boom again".into()),
+            Said::Failed(
+                t(2),
+                "dependency t1 failed (first failure: t1: boom again)".into()
+            ),
+            Said::Failed(
+                t(3),
+                "dependency t2 failed (first failure: t1: boom again)".into()
+            ),
+        ]
+    );
+    // A task submitted later on top of a failed one fails at once.
+    env.submit(vec![spec(4, &[3])]);
+    assert_eq!(
+        env.said(),
+        vec![Said::Failed(
+            t(4),
+            "dependency t3 failed (first failure: t1: boom again)".into()
+        )]
+    );
+}
+
+#[test]
+fn an_idle_worker_steals_queued_tasks() {
+    let mut env = Env::new(8);
+    env.worker(1, 1);
+    env.submit((1..=8).map(|i| spec(i, &[])).collect());
+    assert_eq!(env.said().len(), 8);
+    env.core.task_started(w(1), t(1));
+    env.worker(2, 1);
+    // w1 has 7 queued and not started; w2 asks for half.
+    assert_eq!(env.said(), vec![Said::Steal(w(1), vec![t(8), t(7), t(6)])]);
+    env.core.steal_response(w(1), t(8), true, &mut env.comm);
+    env.core.steal_response(w(1), t(7), false, &mut env.comm);
+    let said = env.said();
+    assert_eq!(said[0], Said::Assign(w(2), t(8), vec![]));
+    env.core.steal_response(w(1), t(6), true, &mut env.comm);
+    assert_eq!(env.said()[0], Said::Assign(w(2), t(6), vec![]));
+}
+
+#[test]
+fn bad_submissions_are_refused_whole() {
+    let mut env = Env::new(4);
+    let err = env
+        .core
+        .submit(vec![spec(1, &[]), spec(2, &[7])], &mut env.comm)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SubmitError::UnknownDependency {
+            task: t(2),
+            dependency: t(7)
+        }
+    );
+    assert_eq!(env.core.task_count(), 0);
+    let err = env
+        .core
+        .submit(vec![spec(1, &[]), spec(1, &[])], &mut env.comm)
+        .unwrap_err();
+    assert_eq!(err, SubmitError::DuplicateId(t(1)));
+    // A reference to a later task of the same batch is unknown (no cycles possible).
+    let err = env
+        .core
+        .submit(vec![spec(1, &[2]), spec(2, &[1])], &mut env.comm)
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::UnknownDependency { .. }));
+    env.submit(vec![spec(1, &[])]);
+    let mut foreign = spec(2, &[1]);
+    foreign.client = ClientId(2);
+    let err = env.core.submit(vec![foreign], &mut env.comm).unwrap_err();
+    assert_eq!(
+        err,
+        SubmitError::ForeignDependency {
+            task: t(2),
+            dependency: t(1)
+        }
+    );
+    env.said();
+}
+
+#[test]
+fn cancelling_a_client_s_tasks_stops_and_forgets_them() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[]), spec(3, &[1, 2])]);
+    env.finish(1, 1, 8);
+    env.said();
+    env.core.cancel(&[t(1), t(2), t(3)], &mut env.comm);
+    let said = env.said();
+    assert!(said.contains(&Said::Cancel(w(1), t(2))), "{said:?}");
+    assert!(said.contains(&Said::Free(w(1), t(1))), "{said:?}");
+    assert_eq!(env.core.task_count(), 0);
+    // A late finish of a cancelled task is dropped on the worker.
+    env.core.task_finished(w(1), t(2), 8, &mut env.comm);
+    assert_eq!(env.said(), vec![Said::Free(w(1), t(2))]);
+}
+
+#[test]
+fn silent_workers_are_removed_by_the_clock() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.worker(2, 1);
+    let later = env.now + Duration::from_secs(2);
+    env.core.heartbeat(w(2), later);
+    let removed = env
+        .core
+        .tick(env.now + Duration::from_millis(3500), &mut env.comm);
+    assert_eq!(removed, vec![w(1)]);
+    assert!(env.core.has_worker(w(2)));
+    env.said();
+}
+
+// ---- random event sequences ----
+
+#[derive(Debug, Clone)]
+enum Step {
+    AddWorker(u32),
+    RemoveWorker(usize),
+    /// Worker (by index) starts or finishes its oldest queued task.
+    Progress(usize),
+    /// Worker fails its oldest task.
+    FailOne(usize),
+    /// Answer a pending steal request.
+    AnswerSteal(bool),
+    Release(u64),
+    Tick(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => (1u32..4).prop_map(Step::AddWorker),
+        1 => (0usize..4).prop_map(Step::RemoveWorker),
+        12 => (0usize..4).prop_map(Step::Progress),
+        1 => (0usize..4).prop_map(Step::FailOne),
+        2 => any::<bool>().prop_map(Step::AnswerSteal),
+        1 => (0u64..40).prop_map(Step::Release),
+        1 => (0u64..2000).prop_map(Step::Tick),
+    ]
+}
+
+/// Random DAG: task i depends on up to 3 earlier tasks.
+fn graph() -> impl Strategy<Value = Vec<Vec<u64>>> {
+    prop::collection::vec(
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        1..40,
+    )
+    .prop_map(|tasks| {
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(i, deps)| {
+                let mut d: Vec<u64> = if i == 0 {
+                    vec![]
+                } else {
+                    deps.iter().map(|x| x.index(i) as u64).collect()
+                };
+                d.sort();
+                d.dedup();
+                d
+            })
+            .collect()
+    })
+}
+
+/// The simulated workers: their queues in assignment order.
+struct World {
+    env: Env,
+    queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
+    steals: VecDeque<(WorkerId, TaskId)>,
+    next_worker: u64,
+    done: BTreeMap<TaskId, u32>,
+    failed: BTreeMap<TaskId, String>,
+}
+
+impl World {
+    fn absorb(&mut self) {
+        for said in self.env.said() {
+            match said {
+                Said::Assign(worker, task, _) => self
+                    .queues
+                    .get_mut(&worker)
+                    .expect("known worker")
+                    .push_back(task),
+                Said::Cancel(worker, task) => {
+                    if let Some(q) = self.queues.get_mut(&worker) {
+                        q.retain(|x| *x != task);
+                    }
+                }
+                Said::Steal(worker, tasks) => {
+                    self.steals.extend(tasks.into_iter().map(|t| (worker, t)))
+                }
+                Said::Done(task, _) => *self.done.entry(task).or_default() += 1,
+                Said::Failed(task, message) => {
+                    self.failed.insert(task, message);
+                }
+                Said::Free(..) => {}
+            }
+        }
+    }
+
+    fn worker_at(&self, index: usize) -> Option<WorkerId> {
+        self.queues
+            .keys()
+            .nth(index % self.queues.len().max(1))
+            .copied()
+    }
+
+    fn apply(&mut self, step: &Step) {
+        let chosen = match *step {
+            Step::RemoveWorker(i) | Step::Progress(i) | Step::FailOne(i) => self.worker_at(i),
+            _ => None,
+        };
+        let env = &mut self.env;
+        match *step {
+            Step::AddWorker(slots) => {
+                self.next_worker += 1;
+                self.queues.insert(w(self.next_worker), VecDeque::new());
+                env.core
+                    .add_worker(w(self.next_worker), slots, env.now, &mut env.comm);
+            }
+            Step::RemoveWorker(_) => {
+                if let Some(worker) = chosen {
+                    self.queues.remove(&worker);
+                    env.core.remove_worker(worker, &mut env.comm);
+                }
+            }
+            Step::Progress(_) | Step::FailOne(_) => {
+                let Some(worker) = chosen else { return };
+                let Some(&task) = self.queues[&worker].front() else {
+                    return;
+                };
+                self.queues.get_mut(&worker).expect("known").pop_front();
+                env.core.task_started(worker, task);
+                if matches!(step, Step::FailOne(_)) {
+                    env.core
+                        .task_failed(worker, task, error("random failure"), &mut env.comm);
+                } else {
+                    env.core.task_finished(worker, task, 16, &mut env.comm);
+                }
+            }
+            Step::AnswerSteal(give) => {
+                if let Some((worker, task)) = self.steals.pop_front() {
+                    let queued = self.queues.get(&worker).is_some_and(|q| q.contains(&task));
+                    let given = give && queued;
+                    if given {
+                        self.queues
+                            .get_mut(&worker)
+                            .expect("known")
+                            .retain(|x| *x != task);
+                    }
+                    env.core.steal_response(worker, task, given, &mut env.comm);
+                }
+            }
+            Step::Release(id) => env.core.release(t(id), &mut env.comm),
+            Step::Tick(ms) => {
+                env.now += Duration::from_millis(ms);
+                for worker in self.queues.keys().copied().collect::<Vec<_>>() {
+                    env.core.heartbeat(worker, env.now);
+                }
+                env.core.tick(env.now, &mut env.comm);
+            }
+        }
+        self.absorb();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Any event sequence keeps the invariants; afterwards, with one worker
+    /// left that runs everything, every task ends done or failed.
+    #[test]
+    fn random_event_sequences_keep_invariants_and_finish(graph in graph(), steps in prop::collection::vec(step(), 0..120)) {
+        let mut world = World {
+            env: Env::new(2),
+            queues: BTreeMap::new(),
+            steals: VecDeque::new(),
+            next_worker: 0,
+            done: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        };
+        let batch: Vec<_> = graph.iter().enumerate().map(|(i, deps)| spec(i as u64, deps)).collect();
+        world.env.submit(batch);
+        world.absorb();
+        for step in &steps {
+            world.apply(step);
+        }
+        // Drain: answer steals, then keep one healthy worker busy until quiet.
+        while !world.steals.is_empty() {
+            world.apply(&Step::AnswerSteal(false));
+        }
+        world.apply(&Step::AddWorker(2));
+        for _ in 0..10_000 {
+            let busy: Vec<usize> = (0..world.queues.len())
+                .filter(|i| world.worker_at(*i).is_some_and(|wk| !world.queues[&wk].is_empty()))
+                .collect();
+            if let Some(i) = busy.first() {
+                world.apply(&Step::Progress(*i));
+            } else if !world.steals.is_empty() {
+                world.apply(&Step::AnswerSteal(false));
+            } else {
+                break;
+            }
+        }
+        prop_assert_eq!(world.env.core.queued_count(), 0);
+        for i in 0..graph.len() as u64 {
+            let task = t(i);
+            let finished = world.done.contains_key(&task) || world.failed.contains_key(&task);
+            prop_assert!(finished, "task {} neither done nor failed", task);
+        }
+        // Tasks that failed name a cause; no task is reported failed twice.
+        for (task, message) in &world.failed {
+            prop_assert!(!message.is_empty(), "{} failed without a message", task);
+        }
+        let _ = C;
+    }
+}
