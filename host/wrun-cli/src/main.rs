@@ -7,6 +7,7 @@
 //! codes, and leaves the work to the library crates.
 
 mod bench;
+mod cluster;
 mod commands;
 mod exit;
 mod limits;
@@ -17,7 +18,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::exit::Failure;
 use crate::limits::LimitArgs;
 
 /// wrun: WebAssembly-sandboxed task execution.
@@ -68,6 +68,56 @@ enum Command {
         usage: bool,
         #[command(flatten)]
         cache: CacheArgs,
+    },
+    /// Run a scheduler; it writes the scheduler file once it listens.
+    Scheduler {
+        /// Interface to listen on.
+        #[arg(long, env = "WRUN_HOST", default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0 picks a free one).
+        #[arg(long, env = "WRUN_PORT", default_value_t = 0)]
+        port: u16,
+        /// Where to write the address and cluster secret (atomically).
+        #[arg(long, env = "WRUN_SCHEDULER_FILE")]
+        scheduler_file: Option<PathBuf>,
+    },
+    /// Run a worker (under a nanny that restarts it, unless --no-nanny).
+    Worker(cluster::WorkerArgs),
+    /// A whole cluster on this machine: a scheduler and N workers with nannies.
+    /// Ctrl-C or SIGTERM stops every process it started.
+    Local {
+        /// Worker processes.
+        #[arg(long, env = "WRUN_WORKERS", default_value_t = 2)]
+        workers: u32,
+        /// Task threads per worker.
+        #[arg(long, env = "WRUN_THREADS", default_value_t = 1)]
+        threads: u32,
+        /// Memory per worker process.
+        #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB", value_parser = units::parse_size)]
+        memory: u64,
+        /// Interface for the scheduler.
+        #[arg(long, env = "WRUN_HOST", default_value = "127.0.0.1")]
+        host: String,
+        /// Port for the scheduler (0 picks a free one).
+        #[arg(long, env = "WRUN_PORT", default_value_t = 0)]
+        port: u16,
+        /// Where to write the scheduler file [default: a file in the temp dir].
+        #[arg(long, env = "WRUN_SCHEDULER_FILE")]
+        scheduler_file: Option<PathBuf>,
+    },
+    /// Run a task (or a map of tasks) on a cluster and print the JSON results.
+    ///
+    /// With no scheduler named, an embedded cluster runs for the call.
+    /// Exit codes: 0 all succeeded, 1 a task failed, 2 usage or input error,
+    /// 3 cluster unreachable.
+    Submit(cluster::SubmitArgs),
+    /// Show the cluster's workers and tasks.
+    Status {
+        #[command(flatten)]
+        scheduler: cluster::SchedulerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure wrun and print a table, then one JSON line.
     Bench {
@@ -144,6 +194,22 @@ fn main() -> ExitCode {
             usage,
             cache.dir(),
         ),
+        Command::Scheduler {
+            host,
+            port,
+            scheduler_file,
+        } => cluster::scheduler(host, port, scheduler_file),
+        Command::Worker(args) => cluster::worker(args),
+        Command::Local {
+            workers,
+            threads,
+            memory,
+            host,
+            port,
+            scheduler_file,
+        } => cluster::local(workers, threads, memory, host, port, scheduler_file),
+        Command::Submit(args) => cluster::submit(args),
+        Command::Status { scheduler, json } => cluster::status(scheduler, json),
         Command::Bench {
             which:
                 BenchCommand::Sandbox {
@@ -160,10 +226,4 @@ fn main() -> ExitCode {
             failure.exit_code()
         }
     }
-}
-
-/// Used by subcommands that only report failures of their own making.
-#[allow(dead_code)]
-fn input_error(message: impl Into<String>) -> Failure {
-    Failure::input(anyhow::anyhow!(message.into()))
 }

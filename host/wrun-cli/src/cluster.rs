@@ -1,0 +1,576 @@
+//! `wrun scheduler`, `wrun worker` (and its nanny), `wrun local`,
+//! `wrun submit`, `wrun status`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use serde_json::Value as Json;
+use wrun_client::{Argument, Client, ClientError, Target, TaskOptions};
+use wrun_sandbox::SandboxConfig;
+use wrun_worker::{SchedulerTarget, WorkerConfig};
+
+use crate::exit::{CommandResult, Failure};
+use crate::limits::LimitArgs;
+use crate::units::{parse_duration, parse_size};
+
+/// How to find the scheduler.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SchedulerArgs {
+    /// The scheduler file to read (waited for until --connect-timeout).
+    #[arg(long, env = "WRUN_SCHEDULER_FILE", conflicts_with = "scheduler")]
+    pub(crate) scheduler_file: Option<PathBuf>,
+    /// The scheduler's address, host:port.
+    #[arg(long, env = "WRUN_SCHEDULER")]
+    pub(crate) scheduler: Option<String>,
+    /// How long to wait for the scheduler file and the connection.
+    #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
+}
+
+impl SchedulerArgs {
+    fn target(&self) -> Option<Target> {
+        match (&self.scheduler_file, &self.scheduler) {
+            (Some(file), _) => Some(Target::File(file.clone())),
+            (None, Some(address)) => Some(Target::Address(address.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+fn client_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Connect(_) | ClientError::Disconnected(_) => Failure {
+            code: 3,
+            error: error.into(),
+        },
+        other => Failure::input(other),
+    }
+}
+
+fn wait_for_signal() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    });
+}
+
+/// A flag set by SIGINT or SIGTERM, watched from a background thread.
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        wait_for_signal();
+        set.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+pub(crate) fn scheduler(host: String, port: u16, scheduler_file: Option<PathBuf>) -> CommandResult {
+    let config = wrun_scheduler::SchedulerConfig {
+        host,
+        port,
+        scheduler_file,
+        ..Default::default()
+    };
+    wrun_scheduler::run_scheduler(config).context("running the scheduler")?;
+    Ok(())
+}
+
+/// Flags of `wrun worker`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) scheduler: SchedulerArgs,
+    /// The cluster secret, when --scheduler is used instead of a scheduler file.
+    #[arg(long, env = "WRUN_SECRET", hide_env_values = true)]
+    pub(crate) secret: Option<String>,
+    /// Task threads.
+    #[arg(long, env = "WRUN_THREADS", default_value_t = 1)]
+    pub(crate) threads: u32,
+    /// Memory for the worker process; the nanny restarts a worker above it.
+    #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB", value_parser = parse_size)]
+    pub(crate) memory: u64,
+    /// A name for status and logs [default: host-pid].
+    #[arg(long, env = "WRUN_WORKER_NAME")]
+    pub(crate) name: Option<String>,
+    /// Run the worker in this process, without a nanny to restart it.
+    #[arg(long, env = "WRUN_NO_NANNY")]
+    pub(crate) no_nanny: bool,
+    /// Interface that peers use to fetch this worker's results.
+    #[arg(long, env = "WRUN_PEER_HOST", default_value = "127.0.0.1")]
+    pub(crate) peer_host: String,
+}
+
+fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, Failure> {
+    let scheduler = match (
+        &args.scheduler.scheduler_file,
+        &args.scheduler.scheduler,
+        &args.secret,
+    ) {
+        (Some(file), _, _) => SchedulerTarget::File(file.clone()),
+        (None, Some(address), Some(secret)) => SchedulerTarget::Address {
+            address: address.clone(),
+            secret: secret.clone(),
+        },
+        (None, Some(_), None) => {
+            return Err(Failure::input(anyhow!(
+                "--scheduler needs --secret (or WRUN_SECRET)"
+            )));
+        }
+        (None, None, _) => {
+            return Err(Failure::input(anyhow!(
+                "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
+            )));
+        }
+    };
+    Ok(WorkerConfig {
+        scheduler,
+        threads: args.threads.max(1),
+        memory_bytes: args.memory,
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        connect_timeout: args.scheduler.connect_timeout,
+        peer_host: args.peer_host.clone(),
+        sandbox: SandboxConfig::default(),
+    })
+}
+
+pub(crate) fn worker(args: WorkerArgs) -> CommandResult {
+    let config = worker_config(&args)?;
+    if !args.no_nanny {
+        return nanny(&args);
+    }
+    eprintln!(
+        "wrun worker {}: {} thread(s), joining the scheduler",
+        config.name, config.threads
+    );
+    wrun_worker::run_worker(config).map_err(|error| match error {
+        wrun_worker::WorkerError::Connect(_) | wrun_worker::WorkerError::Disconnected(_) => {
+            Failure {
+                code: 3,
+                error: error.into(),
+            }
+        }
+        other => Failure::input(other),
+    })
+}
+
+/// The resident set size of a process, from /proc.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+}
+
+/// The nanny: starts the worker as a child process and restarts it after a
+/// crash, a kill, or its RSS passing --memory, with back-off. The scheduler
+/// sees the old worker's connection drop and the new one register.
+fn nanny(args: &WorkerArgs) -> CommandResult {
+    let exe = std::env::current_exe().context("finding the wrun binary")?;
+    let mut child_args: Vec<String> = std::env::args().skip(1).collect();
+    child_args.push("--no-nanny".to_owned());
+    let stop = stop_flag();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let mut child = Command::new(&exe)
+            .args(&child_args)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the worker process")?;
+        let reason = loop {
+            if stop.load(Ordering::SeqCst) {
+                signal(&child, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if child.try_wait().ok().flatten().is_some() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait().context("watching the worker")? {
+                break format!("worker exited ({status})");
+            }
+            if let Some(rss) = rss_bytes(child.id())
+                && rss > args.memory
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                break format!(
+                    "worker used {} of memory, over --memory {}; killed",
+                    wrun_sandbox::humanize_bytes(rss),
+                    wrun_sandbox::humanize_bytes(args.memory)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(100);
+        }
+        eprintln!(
+            "wrun nanny: {reason}; restarting in {} ms",
+            backoff.as_millis()
+        );
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub(crate) fn local(
+    workers: u32,
+    threads: u32,
+    memory: u64,
+    host: String,
+    port: u16,
+    scheduler_file: Option<PathBuf>,
+) -> CommandResult {
+    let file = scheduler_file.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("wrun-local-{}.json", std::process::id()))
+    });
+    let handle = wrun_scheduler::start_scheduler(wrun_scheduler::SchedulerConfig {
+        host,
+        port,
+        scheduler_file: Some(file.clone()),
+        ..Default::default()
+    })
+    .context("starting the scheduler")?;
+    println!("wrun local: scheduler at {}", handle.address);
+    println!("scheduler file: {}", file.display());
+    let exe = std::env::current_exe().context("finding the wrun binary")?;
+    let mut children = Vec::new();
+    for i in 0..workers {
+        let child = Command::new(&exe)
+            .arg("worker")
+            .arg("--scheduler-file")
+            .arg(&file)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .arg("--memory")
+            .arg(memory.to_string())
+            .arg("--name")
+            .arg(format!("local-{i}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting a worker")?;
+        children.push(child);
+    }
+    let _ = std::io::stdout().flush();
+    wait_for_signal();
+    eprintln!("wrun local: stopping");
+    for child in &children {
+        signal(child, nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for child in &mut children {
+        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    handle.stop();
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
+/// An in-process cluster for one `wrun submit` with no scheduler named.
+struct Embedded {
+    scheduler: wrun_scheduler::SchedulerHandle,
+}
+
+fn embedded_cluster() -> Result<(Embedded, Target), Failure> {
+    let scheduler = wrun_scheduler::start_scheduler(wrun_scheduler::SchedulerConfig::default())
+        .context("starting an embedded scheduler")?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let config = WorkerConfig {
+        scheduler: SchedulerTarget::Address {
+            address: scheduler.address.clone(),
+            secret: scheduler.secret.clone(),
+        },
+        threads,
+        memory_bytes: 0,
+        name: "embedded".to_owned(),
+        connect_timeout: Duration::from_secs(10),
+        peer_host: "127.0.0.1".to_owned(),
+        sandbox: SandboxConfig::default(),
+    };
+    std::thread::Builder::new()
+        .name("wrun-embedded-worker".to_owned())
+        .spawn(move || {
+            let _ = wrun_worker::run_worker(config);
+        })
+        .context("starting an embedded worker")?;
+    let target = Target::Address(scheduler.address.clone());
+    Ok((Embedded { scheduler }, target))
+}
+
+/// Flags of `wrun submit`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SubmitArgs {
+    /// The .wasm module.
+    pub(crate) module: PathBuf,
+    /// The task to run.
+    pub(crate) task: String,
+    /// Arguments: JSON values. With --map, one call per ARG: the task's only
+    /// argument, or a JSON array of all its arguments.
+    #[arg(allow_negative_numbers = true)]
+    pub(crate) arg: Vec<String>,
+    /// Fan out: one task per ARG (or per line of --args-file), results in order.
+    #[arg(long)]
+    pub(crate) map: bool,
+    /// One JSON array of arguments per line, one task each (implies --map).
+    #[arg(long, conflicts_with = "arg")]
+    pub(crate) args_file: Option<PathBuf>,
+    /// Runs again after a task error (errors are deterministic, so default 0).
+    #[arg(long, env = "WRUN_RETRIES", default_value_t = 0)]
+    pub(crate) retries: u32,
+    #[command(flatten)]
+    pub(crate) scheduler: SchedulerArgs,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+fn parse_calls(args: &SubmitArgs, params: usize) -> Result<Vec<Vec<Json>>, Failure> {
+    let parse = |text: &str, what: String| -> Result<Json, Failure> {
+        serde_json::from_str(text).map_err(|error| {
+            Failure::input(anyhow!("{what} ({text:?}) is not valid JSON: {error}; strings need quotes, e.g. '\"{text}\"'"))
+        })
+    };
+    if let Some(path) = &args.args_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut calls = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            match parse(line, format!("line {} of {}", n + 1, path.display()))? {
+                Json::Array(items) => calls.push(items),
+                _ => {
+                    return Err(Failure::input(anyhow!(
+                        "line {} of {}: expected a JSON array of arguments",
+                        n + 1,
+                        path.display()
+                    )));
+                }
+            }
+        }
+        return Ok(calls);
+    }
+    let values: Vec<Json> = args
+        .arg
+        .iter()
+        .enumerate()
+        .map(|(i, text)| parse(text, format!("argument {}", i + 1)))
+        .collect::<Result<_, _>>()?;
+    if !args.map {
+        return Ok(vec![values]);
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| match (params, value) {
+            (1, value) => Ok(vec![value]),
+            (_, Json::Array(items)) => Ok(items),
+            (_, other) => Err(Failure::input(anyhow!(
+                "argument {} ({other}): with --map, a task of {params} parameters takes a JSON array of arguments per call",
+                i + 1
+            ))),
+        })
+        .collect()
+}
+
+pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read the module {}", args.module.display()))?;
+    let signatures = wrun_abi::read_task_signatures(&bytes)
+        .with_context(|| args.module.display().to_string())?;
+    let Some(signature) = signatures.iter().find(|s| s.name == args.task) else {
+        return Err(Failure::input(anyhow!(
+            "unknown task `{}`; the module has: {}",
+            args.task,
+            signatures
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let calls = parse_calls(&args, signature.params.len())?;
+    let fan_out = args.map || args.args_file.is_some();
+    // Check every call's arguments before anything is sent.
+    for (i, call) in calls.iter().enumerate() {
+        wrun_abi::encode_args_from_json(signature, call).map_err(|e| {
+            Failure::input(if fan_out {
+                anyhow!("call {}: {e}", i + 1)
+            } else {
+                anyhow!(e)
+            })
+        })?;
+    }
+
+    let (_embedded, target) = match args.scheduler.target() {
+        Some(target) => (None, target),
+        None => {
+            let (embedded, target) = embedded_cluster()?;
+            (Some(embedded), target)
+        }
+    };
+    let mut client =
+        Client::connect(&target, args.scheduler.connect_timeout).map_err(client_failure)?;
+    let limits = args.limits.to_limits();
+    client.set_options(TaskOptions {
+        memory_bytes: limits.memory_bytes,
+        timeout: limits.timeout,
+        fuel: limits.fuel.unwrap_or(0),
+        result_bytes: limits.result_bytes,
+        stdout_bytes: limits.stdout_bytes,
+        stderr_bytes: limits.stderr_bytes,
+        retries: args.retries,
+    });
+    let module = client.upload(&bytes).map_err(client_failure)?;
+    let calls: Vec<Vec<Argument>> = calls
+        .into_iter()
+        .map(|c| c.into_iter().map(Argument::from).collect())
+        .collect();
+    let futures = client
+        .map(&module, &args.task, calls)
+        .map_err(client_failure)?;
+    let show_progress = fan_out && std::io::stderr().is_terminal() && futures.len() > 1;
+    client
+        .wait_with_progress(&futures, |done, total| {
+            if show_progress {
+                let width = 40;
+                let filled = done * width / total.max(1);
+                eprint!(
+                    "\r[{}{}] {done}/{total}",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled)
+                );
+                if done == total {
+                    eprintln!();
+                }
+            }
+        })
+        .map_err(client_failure)?;
+    let results = client.gather(&futures).map_err(client_failure)?;
+    let mut failures = 0;
+    let mut stdout = std::io::stdout().lock();
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(value) => {
+                let _ = writeln!(stdout, "{value}");
+            }
+            Err(failure) => {
+                failures += 1;
+                let _ = writeln!(stdout, "null");
+                if fan_out {
+                    eprintln!(
+                        "error: call {} failed ({}): {}",
+                        i + 1,
+                        failure.kind,
+                        failure.message
+                    );
+                } else {
+                    eprintln!(
+                        "error: task `{}` failed ({}): {}",
+                        args.task, failure.kind, failure.message
+                    );
+                }
+            }
+        }
+    }
+    drop(stdout);
+    drop(futures);
+    drop(client);
+    if let Some(embedded) = _embedded {
+        embedded.scheduler.stop();
+    }
+    if failures > 0 {
+        return Err(Failure::task(anyhow!(
+            "{failures} of {} task(s) failed",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
+    let target = scheduler.target().ok_or_else(|| {
+        Failure::input(anyhow!(
+            "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
+        ))
+    })?;
+    let client = Client::connect(&target, scheduler.connect_timeout).map_err(client_failure)?;
+    let status = client.status().map_err(client_failure)?;
+    if json {
+        println!("{status}");
+        return Ok(());
+    }
+    let workers = status["workers"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{} worker(s), {} task(s) known, {} queued in the scheduler",
+        workers.len(),
+        status["tasks"],
+        status["queued"]
+    );
+    println!(
+        "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
+        "id", "name", "threads", "memory", "pid", "assigned", "running"
+    );
+    for w in workers {
+        let memory = w["memory_bytes"]
+            .as_u64()
+            .map(wrun_sandbox::humanize_bytes)
+            .unwrap_or_default();
+        println!(
+            "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
+            w["id"],
+            w["name"].as_str().unwrap_or(""),
+            w["threads"],
+            memory,
+            w["pid"],
+            w["assigned"],
+            w["running"]
+        );
+    }
+    Ok(())
+}

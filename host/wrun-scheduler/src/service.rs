@@ -1,0 +1,1073 @@
+//! The Cap'n Proto servers of the scheduler and the batching of decisions.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc as CapRc;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use wrun_abi::TaskSignature;
+use wrun_core::{Arg, ClientId, Comm, Core, CoreConfig, Failure, TaskId, TaskSpec, WorkerId};
+use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
+use wrun_proto::wrun_capnp::{
+    client_session, cluster, task_listener, worker_control, worker_session,
+};
+use wrun_proto::{SchedulerFile, chunk_at, failed};
+
+/// How the scheduler listens.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Interface to bind (default 127.0.0.1).
+    pub host: String,
+    /// Port; 0 picks a free one.
+    pub port: u16,
+    /// Where to write the scheduler file once listening.
+    pub scheduler_file: Option<PathBuf>,
+    /// The cluster secret; a random one when `None`.
+    pub secret: Option<String>,
+    /// Scheduling policy.
+    pub core: CoreConfig,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            scheduler_file: None,
+            secret: None,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// A scheduler running on its own thread.
+pub struct SchedulerHandle {
+    /// `host:port` it listens on.
+    pub address: String,
+    /// The cluster secret workers must present.
+    pub secret: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SchedulerHandle {
+    /// The scheduler file contents for this scheduler.
+    pub fn scheduler_file(&self) -> SchedulerFile {
+        SchedulerFile {
+            address: self.address.clone(),
+            secret: self.secret.clone(),
+            protocol: wrun_proto::PROTOCOL_VERSION,
+            pid: std::process::id(),
+        }
+    }
+
+    /// Stops the scheduler and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Waits until the scheduler stops by itself (it does not, unless stopped).
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds, writes the scheduler file, and serves on a new thread.
+pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHandle> {
+    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?.to_string();
+    let secret = config.secret.clone().unwrap_or_else(wrun_proto::new_secret);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let mut handle = SchedulerHandle {
+        address,
+        secret: secret.clone(),
+        stop: Some(stop_tx),
+        thread: None,
+    };
+    if let Some(path) = &config.scheduler_file {
+        handle.scheduler_file().write(path)?;
+    }
+    let core_config = config.core.clone();
+    let thread = std::thread::Builder::new()
+        .name("wrun-scheduler".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, serve(listener, secret, core_config, stop_rx));
+        })?;
+    handle.thread = Some(thread);
+    info!(address = %handle.address, "scheduler listening");
+    Ok(handle)
+}
+
+/// Runs a scheduler until SIGINT or SIGTERM.
+pub fn run_scheduler(config: SchedulerConfig) -> std::io::Result<()> {
+    let handle = start_scheduler(config.clone())?;
+    println!("wrun scheduler listening on {}", handle.address);
+    if let Some(path) = &config.scheduler_file {
+        println!("scheduler file: {}", path.display());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        std::io::Result::Ok(())
+    })?;
+    if let Some(path) = &config.scheduler_file {
+        let _ = std::fs::remove_file(path);
+    }
+    handle.stop();
+    Ok(())
+}
+
+// ---- state ----
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    memory_bytes: u64,
+    timeout_ms: u64,
+    fuel: u64,
+    result_bytes: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+}
+
+/// What travels with a task to the worker; the core does not read it.
+#[derive(Clone)]
+struct Payload {
+    module: Rc<ModuleEntry>,
+    name: Rc<str>,
+    limits: Limits,
+}
+
+struct ModuleEntry {
+    digest: Vec<u8>,
+    bytes: Vec<u8>,
+    signatures: Vec<TaskSignature>,
+    records: String,
+}
+
+struct WorkerConn {
+    control: worker_control::Client,
+    name: String,
+    threads: u32,
+    memory_bytes: u64,
+    peer_address: String,
+    pid: u32,
+}
+
+struct ClientConn {
+    listener: task_listener::Client,
+    keys: HashMap<u64, TaskId>,
+}
+
+enum Input {
+    Value(Vec<u8>),
+    Local(TaskId),
+    Remote(TaskId, WorkerId),
+}
+
+enum ClientEvent {
+    Done(u64),
+    Failed(String, String),
+}
+
+/// The core's decisions, batched until the handler ends.
+#[derive(Default)]
+struct Outbox {
+    run: BTreeMap<WorkerId, Vec<(TaskId, Payload, Vec<Input>)>>,
+    steal: BTreeMap<WorkerId, Vec<TaskId>>,
+    cancel: BTreeMap<WorkerId, Vec<TaskId>>,
+    free: BTreeMap<WorkerId, Vec<TaskId>>,
+    client: BTreeMap<ClientId, Vec<(TaskId, ClientEvent)>>,
+}
+
+impl Comm<Payload> for Outbox {
+    fn assign(
+        &mut self,
+        worker: WorkerId,
+        task: &TaskSpec<Payload>,
+        inputs: &[(TaskId, WorkerId)],
+    ) {
+        let args = task
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Value(bytes) => Input::Value(bytes.clone()),
+                Arg::Result(dep) => {
+                    let holder = inputs
+                        .iter()
+                        .find(|(d, _)| d == dep)
+                        .map(|(_, h)| *h)
+                        .unwrap_or(worker);
+                    if holder == worker {
+                        Input::Local(*dep)
+                    } else {
+                        Input::Remote(*dep, holder)
+                    }
+                }
+            })
+            .collect();
+        self.run
+            .entry(worker)
+            .or_default()
+            .push((task.id, task.payload.clone(), args));
+    }
+    fn steal(&mut self, worker: WorkerId, tasks: &[TaskId]) {
+        self.steal
+            .entry(worker)
+            .or_default()
+            .extend_from_slice(tasks);
+    }
+    fn cancel(&mut self, worker: WorkerId, task: TaskId) {
+        self.cancel.entry(worker).or_default().push(task);
+    }
+    fn free(&mut self, worker: WorkerId, task: TaskId) {
+        self.free.entry(worker).or_default().push(task);
+    }
+    fn done(&mut self, client: ClientId, task: TaskId, _worker: WorkerId, size: u64) {
+        self.client
+            .entry(client)
+            .or_default()
+            .push((task, ClientEvent::Done(size)));
+    }
+    fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure) {
+        let kind = match failure {
+            Failure::Error { kind, .. } => kind.as_str(),
+            Failure::Dependency { .. } => "dependency",
+            Failure::Suspicious { .. } => "suspicious",
+            Failure::Cancelled => "cancelled",
+        };
+        self.client.entry(client).or_default().push((
+            task,
+            ClientEvent::Failed(kind.to_owned(), failure.to_string()),
+        ));
+    }
+}
+
+enum Deferred {
+    WorkerGone(WorkerId),
+    ClientGone(ClientId),
+}
+
+struct State {
+    core: Core<Payload>,
+    secret: String,
+    modules: HashMap<Vec<u8>, Rc<ModuleEntry>>,
+    uploads: HashMap<(ClientId, Vec<u8>), Vec<u8>>,
+    workers: HashMap<WorkerId, WorkerConn>,
+    clients: HashMap<ClientId, ClientConn>,
+    owners: HashMap<TaskId, (ClientId, u64)>,
+    logs: HashMap<TaskId, (Vec<u8>, Vec<u8>)>,
+    next_id: u64,
+    outbox: Outbox,
+    deferred: mpsc::UnboundedSender<Deferred>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+impl State {
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn remove_worker(&mut self, worker: WorkerId) {
+        if self.workers.remove(&worker).is_some() {
+            info!(%worker, "worker removed");
+        }
+        self.core.remove_worker(worker, &mut self.outbox);
+    }
+
+    fn remove_client(&mut self, client: ClientId) {
+        let Some(conn) = self.clients.remove(&client) else {
+            return;
+        };
+        let tasks: Vec<TaskId> = conn.keys.values().copied().collect();
+        debug!(
+            client = client.0,
+            tasks = tasks.len(),
+            "client gone; cancelling its tasks"
+        );
+        self.core.cancel(&tasks, &mut self.outbox);
+        for task in tasks {
+            self.owners.remove(&task);
+            self.logs.remove(&task);
+        }
+    }
+}
+
+/// Sends everything the core decided, one batched call per worker and kind.
+fn flush(shared: &Shared) {
+    let mut state = shared.borrow_mut();
+    let outbox = std::mem::take(&mut state.outbox);
+    for (worker, tasks) in outbox.run {
+        let Some(conn) = state.workers.get(&worker) else {
+            continue;
+        };
+        let mut request = conn.control.run_request();
+        let mut list = request.get().init_tasks(tasks.len() as u32);
+        for (i, (task, payload, inputs)) in tasks.iter().enumerate() {
+            let mut a = list.reborrow().get(i as u32);
+            a.set_task(task.0);
+            a.set_module(&payload.module.digest);
+            a.set_name(&*payload.name);
+            let mut l = a.reborrow().init_limits();
+            l.set_memory_bytes(payload.limits.memory_bytes);
+            l.set_timeout_ms(payload.limits.timeout_ms);
+            l.set_fuel(payload.limits.fuel);
+            l.set_result_bytes(payload.limits.result_bytes);
+            l.set_stdout_bytes(payload.limits.stdout_bytes);
+            l.set_stderr_bytes(payload.limits.stderr_bytes);
+            let mut list_inputs = a.init_inputs(inputs.len() as u32);
+            for (j, input) in inputs.iter().enumerate() {
+                let mut b = list_inputs.reborrow().get(j as u32);
+                match input {
+                    Input::Value(bytes) => b.set_value(bytes),
+                    Input::Local(dep) => b.set_local(dep.0),
+                    Input::Remote(dep, holder) => {
+                        let mut r = b.init_remote();
+                        r.set_task(dep.0);
+                        r.set_address(
+                            state
+                                .workers
+                                .get(holder)
+                                .map(|w| w.peer_address.as_str())
+                                .unwrap_or(""),
+                        );
+                    }
+                }
+            }
+        }
+        spawn_call(format!("run on {worker}"), request.send().promise);
+    }
+    for (worker, tasks) in outbox.steal {
+        if let Some(conn) = state.workers.get(&worker) {
+            let mut request = conn.control.steal_request();
+            let mut list = request.get().init_tasks(tasks.len() as u32);
+            for (i, t) in tasks.iter().enumerate() {
+                list.set(i as u32, t.0);
+            }
+            spawn_call(format!("steal from {worker}"), request.send().promise);
+        }
+    }
+    for (worker, tasks) in outbox.cancel {
+        if let Some(conn) = state.workers.get(&worker) {
+            let mut request = conn.control.cancel_request();
+            let mut list = request.get().init_tasks(tasks.len() as u32);
+            for (i, t) in tasks.iter().enumerate() {
+                list.set(i as u32, t.0);
+            }
+            spawn_call(format!("cancel on {worker}"), request.send().promise);
+        }
+    }
+    for (worker, tasks) in outbox.free {
+        if let Some(conn) = state.workers.get(&worker) {
+            let mut request = conn.control.free_request();
+            let mut list = request.get().init_tasks(tasks.len() as u32);
+            for (i, t) in tasks.iter().enumerate() {
+                list.set(i as u32, t.0);
+            }
+            spawn_call(format!("free on {worker}"), request.send().promise);
+        }
+    }
+    for (client, events) in outbox.client {
+        let Some(conn) = state.clients.get(&client) else {
+            continue;
+        };
+        let mut request = conn.listener.events_request();
+        let mut list = request.get().init_events(events.len() as u32);
+        for (i, (task, event)) in events.iter().enumerate() {
+            let mut e = list.reborrow().get(i as u32);
+            e.set_key(
+                state
+                    .owners
+                    .get(task)
+                    .map(|(_, key)| *key)
+                    .unwrap_or(u64::MAX),
+            );
+            match event {
+                ClientEvent::Done(size) => e.set_done(*size),
+                ClientEvent::Failed(kind, message) => {
+                    let mut f = e.init_failed();
+                    f.set_kind(kind);
+                    f.set_message(message);
+                }
+            }
+        }
+        spawn_call(
+            format!("events to client {}", client.0),
+            request.send().promise,
+        );
+    }
+}
+
+fn spawn_call<T: 'static>(
+    what: String,
+    promise: impl std::future::Future<Output = Result<T, capnp::Error>> + 'static,
+) {
+    tokio::task::spawn_local(async move {
+        if let Err(error) = promise.await {
+            debug!("{what}: {error}");
+        }
+    });
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    secret: String,
+    core: CoreConfig,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
+    let shared: Shared = Rc::new(RefCell::new(State {
+        core: Core::new(core),
+        secret,
+        modules: HashMap::new(),
+        uploads: HashMap::new(),
+        workers: HashMap::new(),
+        clients: HashMap::new(),
+        owners: HashMap::new(),
+        logs: HashMap::new(),
+        next_id: 0,
+        outbox: Outbox::default(),
+        deferred: deferred_tx,
+    }));
+    let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
+        shared: shared.clone(),
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    debug!(%peer, "connection");
+                    let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster_client.clone().client));
+                    tokio::task::spawn_local(async move {
+                        if let Err(error) = rpc.await {
+                            debug!(%peer, "connection ended: {error}");
+                        }
+                    });
+                }
+                Err(error) => warn!("accept failed: {error}"),
+            },
+            Some(event) = deferred_rx.recv() => {
+                {
+                    let mut state = shared.borrow_mut();
+                    match event {
+                        Deferred::WorkerGone(worker) => state.remove_worker(worker),
+                        Deferred::ClientGone(client) => state.remove_client(client),
+                    }
+                }
+                flush(&shared);
+            }
+            _ = tick.tick() => {
+                let removed = {
+                    let mut state = shared.borrow_mut();
+                    let state = &mut *state;
+                    let removed = state.core.tick(Instant::now(), &mut state.outbox);
+                    for worker in &removed {
+                        warn!(%worker, "worker missed its heartbeats; removed");
+                        state.workers.remove(worker);
+                    }
+                    removed
+                };
+                if !removed.is_empty() {
+                    flush(&shared);
+                }
+            }
+        }
+    }
+}
+
+// ---- Cluster (bootstrap) ----
+
+struct ClusterImpl {
+    shared: Shared,
+}
+
+impl cluster::Server for ClusterImpl {
+    async fn info(
+        self: CapRc<Self>,
+        _: cluster::InfoParams,
+        mut results: cluster::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        let workers = self.shared.borrow().workers.len() as u32;
+        let mut r = results.get();
+        r.set_protocol_version(wrun_proto::PROTOCOL_VERSION);
+        r.set_workers(workers);
+        Ok(())
+    }
+
+    async fn connect_client(
+        self: CapRc<Self>,
+        params: cluster::ConnectClientParams,
+        mut results: cluster::ConnectClientResults,
+    ) -> Result<(), capnp::Error> {
+        let listener = params.get()?.get_listener()?;
+        let mut state = self.shared.borrow_mut();
+        let client = ClientId(state.next());
+        state.clients.insert(
+            client,
+            ClientConn {
+                listener,
+                keys: HashMap::new(),
+            },
+        );
+        let deferred = state.deferred.clone();
+        drop(state);
+        debug!(client = client.0, "client connected");
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(ClientSessionImpl {
+                shared: self.shared.clone(),
+                client,
+                deferred,
+            }));
+        Ok(())
+    }
+
+    async fn register_worker(
+        self: CapRc<Self>,
+        params: cluster::RegisterWorkerParams,
+        mut results: cluster::RegisterWorkerResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let mut state = self.shared.borrow_mut();
+        if params.get_secret()?.to_str()? != state.secret {
+            warn!("a worker presented a wrong cluster secret; refused");
+            return Err(capnp::Error::failed("wrong cluster secret".to_owned()));
+        }
+        let info = params.get_info()?;
+        let worker = WorkerId(state.next());
+        let conn = WorkerConn {
+            control: params.get_control()?,
+            name: info.get_name()?.to_str()?.to_owned(),
+            threads: info.get_threads().max(1),
+            memory_bytes: info.get_memory_bytes(),
+            peer_address: info.get_peer_address()?.to_str()?.to_owned(),
+            pid: info.get_pid(),
+        };
+        info!(%worker, name = %conn.name, threads = conn.threads, "worker joined");
+        let threads = conn.threads;
+        state.workers.insert(worker, conn);
+        let state_ref = &mut *state;
+        state_ref
+            .core
+            .add_worker(worker, threads, Instant::now(), &mut state_ref.outbox);
+        let deferred = state.deferred.clone();
+        drop(state);
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(WorkerSessionImpl {
+                shared: self.shared.clone(),
+                worker,
+                deferred,
+            }));
+        // Queued tasks may have gone to the new worker.
+        flush(&self.shared);
+        Ok(())
+    }
+}
+
+// ---- WorkerSession ----
+
+struct WorkerSessionImpl {
+    shared: Shared,
+    worker: WorkerId,
+    deferred: mpsc::UnboundedSender<Deferred>,
+}
+
+impl Drop for WorkerSessionImpl {
+    fn drop(&mut self) {
+        let _ = self.deferred.send(Deferred::WorkerGone(self.worker));
+    }
+}
+
+impl worker_session::Server for WorkerSessionImpl {
+    async fn events(
+        self: CapRc<Self>,
+        params: worker_session::EventsParams,
+        _: worker_session::EventsResults,
+    ) -> Result<(), capnp::Error> {
+        use wrun_proto::wrun_capnp::worker_event::Which;
+        let events = params.get()?.get_events()?;
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            if !state.workers.contains_key(&self.worker) {
+                return Err(capnp::Error::failed("this worker was removed".to_owned()));
+            }
+            state.core.heartbeat(self.worker, Instant::now());
+            for event in events.iter() {
+                let task = TaskId(event.get_task());
+                match event.which()? {
+                    Which::Started(()) => state.core.task_started(self.worker, task),
+                    Which::Finished(done) => {
+                        keep_logs(
+                            &mut state.logs,
+                            task,
+                            done.get_stdout()?,
+                            done.get_stderr()?,
+                        );
+                        state.core.task_finished(
+                            self.worker,
+                            task,
+                            done.get_size(),
+                            &mut state.outbox,
+                        );
+                    }
+                    Which::Failed(failure) => {
+                        keep_logs(
+                            &mut state.logs,
+                            task,
+                            failure.get_stdout()?,
+                            failure.get_stderr()?,
+                        );
+                        let failure = Failure::Error {
+                            kind: failure.get_kind()?.to_str()?.to_owned(),
+                            message: failure.get_message()?.to_str()?.to_owned(),
+                        };
+                        state
+                            .core
+                            .task_failed(self.worker, task, failure, &mut state.outbox);
+                    }
+                    Which::Stolen(given_back) => {
+                        state
+                            .core
+                            .steal_response(self.worker, task, given_back, &mut state.outbox)
+                    }
+                }
+            }
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn heartbeat(
+        self: CapRc<Self>,
+        _: worker_session::HeartbeatParams,
+        _: worker_session::HeartbeatResults,
+    ) -> Result<(), capnp::Error> {
+        let mut state = self.shared.borrow_mut();
+        if !state.workers.contains_key(&self.worker) {
+            return Err(capnp::Error::failed("this worker was removed".to_owned()));
+        }
+        state.core.heartbeat(self.worker, Instant::now());
+        Ok(())
+    }
+
+    async fn fetch_module(
+        self: CapRc<Self>,
+        params: worker_session::FetchModuleParams,
+        mut results: worker_session::FetchModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let state = self.shared.borrow();
+        let module = state
+            .modules
+            .get(params.get_digest()?)
+            .ok_or_else(|| failed("unknown module"))?;
+        let mut chunk = results.get().init_chunk();
+        chunk.set_data(chunk_at(&module.bytes, params.get_offset())?);
+        chunk.set_total(module.bytes.len() as u64);
+        Ok(())
+    }
+}
+
+fn keep_logs(
+    logs: &mut HashMap<TaskId, (Vec<u8>, Vec<u8>)>,
+    task: TaskId,
+    stdout: &[u8],
+    stderr: &[u8],
+) {
+    if !stdout.is_empty() || !stderr.is_empty() {
+        logs.insert(task, (stdout.to_vec(), stderr.to_vec()));
+    }
+}
+
+// ---- ClientSession ----
+
+struct ClientSessionImpl {
+    shared: Shared,
+    client: ClientId,
+    deferred: mpsc::UnboundedSender<Deferred>,
+}
+
+impl Drop for ClientSessionImpl {
+    fn drop(&mut self) {
+        let _ = self.deferred.send(Deferred::ClientGone(self.client));
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ClientSessionImpl {
+    fn task_of(&self, state: &State, key: u64) -> Result<TaskId, capnp::Error> {
+        state
+            .clients
+            .get(&self.client)
+            .and_then(|c| c.keys.get(&key).copied())
+            .ok_or_else(|| failed(format!("no task with key {key} in this session")))
+    }
+}
+
+impl client_session::Server for ClientSessionImpl {
+    async fn has_module(
+        self: CapRc<Self>,
+        params: client_session::HasModuleParams,
+        mut results: client_session::HasModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let known = self
+            .shared
+            .borrow()
+            .modules
+            .contains_key(params.get()?.get_digest()?);
+        results.get().set_known(known);
+        Ok(())
+    }
+
+    async fn upload_module(
+        self: CapRc<Self>,
+        params: client_session::UploadModuleParams,
+        mut results: client_session::UploadModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let digest = params.get_digest()?.to_vec();
+        let total = params.get_total();
+        if total > 256 << 20 {
+            return Err(failed(format!(
+                "module of {total} bytes is over the 256 MiB limit"
+            )));
+        }
+        let mut state = self.shared.borrow_mut();
+        if state.modules.contains_key(&digest) {
+            results.get().set_complete(true);
+            return Ok(());
+        }
+        let key = (self.client, digest.clone());
+        let buffer = state.uploads.entry(key.clone()).or_default();
+        if params.get_offset() != buffer.len() as u64 {
+            state.uploads.remove(&key);
+            return Err(failed(
+                "module chunks out of order; start again at offset 0",
+            ));
+        }
+        buffer.extend_from_slice(params.get_data()?);
+        if (buffer.len() as u64) < total {
+            results.get().set_complete(false);
+            return Ok(());
+        }
+        let bytes = state.uploads.remove(&key).unwrap_or_default();
+        let actual = wrun_abi::ModuleDigest::of(&bytes);
+        if actual.0[..] != digest[..] {
+            return Err(failed(format!(
+                "uploaded module has digest {actual}, not {}",
+                hex(&digest)
+            )));
+        }
+        let signatures = wrun_abi::read_task_signatures(&bytes).map_err(failed)?;
+        let records = json!(signatures
+            .iter()
+            .map(|s| json!({
+                "name": s.name,
+                "params": s.params.iter().map(|p| json!({"name": p.name, "type": p.ty.to_string()})).collect::<Vec<_>>(),
+                "returns": s.returns.to_string(),
+            }))
+            .collect::<Vec<_>>())
+        .to_string();
+        info!(digest = %actual, bytes = bytes.len(), tasks = signatures.len(), "module uploaded");
+        state.modules.insert(
+            digest.clone(),
+            Rc::new(ModuleEntry {
+                digest,
+                bytes,
+                signatures,
+                records,
+            }),
+        );
+        results.get().set_complete(true);
+        Ok(())
+    }
+
+    async fn describe_module(
+        self: CapRc<Self>,
+        params: client_session::DescribeModuleParams,
+        mut results: client_session::DescribeModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let digest = params.get()?.get_digest()?;
+        let state = self.shared.borrow();
+        let module = state
+            .modules
+            .get(digest)
+            .ok_or_else(|| failed(format!("unknown module digest {}", hex(digest))))?;
+        results.get().set_tasks(&module.records);
+        Ok(())
+    }
+
+    async fn submit(
+        self: CapRc<Self>,
+        params: client_session::SubmitParams,
+        _: client_session::SubmitResults,
+    ) -> Result<(), capnp::Error> {
+        use wrun_proto::wrun_capnp::arg::Which;
+        let submissions = params.get()?.get_tasks()?;
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            let Some(conn) = state.clients.get(&self.client) else {
+                return Err(failed("this session is closed"));
+            };
+            let mut new_keys: HashMap<u64, TaskId> = HashMap::new();
+            let mut batch = Vec::with_capacity(submissions.len() as usize);
+            let mut names: HashMap<(usize, String), Rc<str>> = HashMap::new();
+            for sub in submissions.iter() {
+                let key = sub.get_key();
+                if conn.keys.contains_key(&key) || new_keys.contains_key(&key) {
+                    return Err(failed(format!(
+                        "task key {key} is already used in this session"
+                    )));
+                }
+                let digest = sub.get_module()?;
+                let module = state
+                    .modules
+                    .get(digest)
+                    .ok_or_else(|| {
+                        failed(format!(
+                            "task {key}: unknown module digest {}; upload it first",
+                            hex(digest)
+                        ))
+                    })?
+                    .clone();
+                let name = sub.get_task()?.to_str()?;
+                let Some(signature) = module.signatures.iter().find(|s| s.name == name) else {
+                    let available: Vec<_> =
+                        module.signatures.iter().map(|s| s.name.as_str()).collect();
+                    return Err(failed(format!(
+                        "task {key}: unknown task `{name}`; the module has: {}",
+                        available.join(", ")
+                    )));
+                };
+                let args_reader = sub.get_args()?;
+                if args_reader.len() as usize != signature.params.len() {
+                    return Err(failed(format!(
+                        "task {key}: `{signature}` takes {} argument(s), got {}",
+                        signature.params.len(),
+                        args_reader.len()
+                    )));
+                }
+                let mut args = Vec::with_capacity(args_reader.len() as usize);
+                for (arg, param) in args_reader.iter().zip(&signature.params) {
+                    args.push(match arg.which()? {
+                        Which::Value(bytes) => {
+                            let bytes = bytes?;
+                            let value = wrun_abi::decode_value(bytes)
+                                .map_err(|e| failed(format!("task {key}: argument `{}`: {e}", param.name)))?;
+                            wrun_abi::check_value(&param.ty, &value).map_err(|mismatch| {
+                                failed(format!("task {key}: argument `{}` of task `{name}`: {mismatch}", param.name))
+                            })?;
+                            Arg::Value(bytes.to_vec())
+                        }
+                        Which::Result(dep) => {
+                            let dep_task = conn.keys.get(&dep).or_else(|| new_keys.get(&dep)).copied().ok_or_else(|| {
+                                failed(format!("task {key}: argument `{}` refers to task key {dep}, which is not submitted before it", param.name))
+                            })?;
+                            Arg::Result(dep_task)
+                        }
+                    });
+                }
+                let l = sub.get_limits()?;
+                let limits = Limits {
+                    memory_bytes: l.get_memory_bytes(),
+                    timeout_ms: l.get_timeout_ms(),
+                    fuel: l.get_fuel(),
+                    result_bytes: l.get_result_bytes(),
+                    stdout_bytes: l.get_stdout_bytes(),
+                    stderr_bytes: l.get_stderr_bytes(),
+                };
+                let module_ptr = Rc::as_ptr(&module) as usize;
+                let name: Rc<str> = names
+                    .entry((module_ptr, name.to_owned()))
+                    .or_insert_with(|| Rc::from(name))
+                    .clone();
+                state.next_id += 1;
+                let id = TaskId(state.next_id);
+                new_keys.insert(key, id);
+                batch.push(TaskSpec {
+                    id,
+                    client: self.client,
+                    args,
+                    retries: sub.get_retries(),
+                    payload: Payload {
+                        module,
+                        name,
+                        limits,
+                    },
+                });
+            }
+            state
+                .core
+                .submit(batch, &mut state.outbox)
+                .map_err(failed)?;
+            let conn = state.clients.get_mut(&self.client).expect("checked");
+            for (key, id) in new_keys {
+                conn.keys.insert(key, id);
+                state.owners.insert(id, (self.client, key));
+            }
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn fetch(
+        self: CapRc<Self>,
+        params: client_session::FetchParams,
+        mut results: client_session::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let (key, offset) = (params.get_key(), params.get_offset());
+        let (control, task) = {
+            let state = self.shared.borrow();
+            let task = self.task_of(&state, key)?;
+            let holder = state.core.holders(task).first().copied().ok_or_else(|| {
+                failed(format!(
+                    "task {key} has no result (not finished yet, failed, or released)"
+                ))
+            })?;
+            (
+                state
+                    .workers
+                    .get(&holder)
+                    .ok_or_else(|| failed("the result's worker is gone"))?
+                    .control
+                    .clone(),
+                task,
+            )
+        };
+        let mut request = control.fetch_request();
+        request.get().set_task(task.0);
+        request.get().set_offset(offset);
+        let response = request.send().promise.await?;
+        let chunk = response.get()?.get_chunk()?;
+        let mut out = results.get().init_chunk();
+        out.set_data(chunk.get_data()?);
+        out.set_total(chunk.get_total());
+        Ok(())
+    }
+
+    async fn release(
+        self: CapRc<Self>,
+        params: client_session::ReleaseParams,
+        _: client_session::ReleaseResults,
+    ) -> Result<(), capnp::Error> {
+        let keys = params.get()?.get_keys()?;
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            for key in keys.iter() {
+                let Some(task) = state
+                    .clients
+                    .get_mut(&self.client)
+                    .and_then(|c| c.keys.remove(&key))
+                else {
+                    continue;
+                };
+                state.owners.remove(&task);
+                state.logs.remove(&task);
+                state.core.release(task, &mut state.outbox);
+            }
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn status(
+        self: CapRc<Self>,
+        _: client_session::StatusParams,
+        mut results: client_session::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        let state = self.shared.borrow();
+        let workers: Vec<_> = state
+            .core
+            .workers()
+            .map(|(id, slots, assigned, running)| {
+                let conn = state.workers.get(&id);
+                json!({
+                    "id": id.0,
+                    "name": conn.map(|c| c.name.as_str()),
+                    "threads": slots,
+                    "memory_bytes": conn.map(|c| c.memory_bytes),
+                    "pid": conn.map(|c| c.pid),
+                    "peer": conn.map(|c| c.peer_address.as_str()),
+                    "assigned": assigned,
+                    "running": running,
+                })
+            })
+            .collect();
+        let mine = state
+            .clients
+            .get(&self.client)
+            .map(|c| c.keys.len())
+            .unwrap_or(0);
+        let status = json!({
+            "workers": workers,
+            "tasks": state.core.task_count(),
+            "queued": state.core.queued_count(),
+            "clients": state.clients.len(),
+            "session_tasks": mine,
+        });
+        results.get().set_json(status.to_string());
+        Ok(())
+    }
+
+    async fn logs(
+        self: CapRc<Self>,
+        params: client_session::LogsParams,
+        mut results: client_session::LogsResults,
+    ) -> Result<(), capnp::Error> {
+        let key = params.get()?.get_key();
+        let state = self.shared.borrow();
+        let task = self.task_of(&state, key)?;
+        if let Some((stdout, stderr)) = state.logs.get(&task) {
+            let mut r = results.get();
+            r.set_stdout(stdout);
+            r.set_stderr(stderr);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+# The wire of wrun: every interface between client, scheduler and worker.
+# One source of truth; host/wrun-proto compiles it (build.rs, capnpc).
+@0x9fda65e99a56b452;
+
+const protocolVersion :UInt32 = 1;
+
+# Largest chunk of a value or module in one message. Every reader bounds a
+# message at a few times this (traversal limit), so big values stream.
+const chunkBytes :UInt32 = 1048576;
+
+struct Limits {
+  memoryBytes @0 :UInt64;
+  timeoutMs @1 :UInt64;
+  fuel @2 :UInt64;          # 0: no fuel limit
+  resultBytes @3 :UInt64;
+  stdoutBytes @4 :UInt64;
+  stderrBytes @5 :UInt64;
+}
+
+# A task argument as the client gives it.
+struct Arg {
+  union {
+    value @0 :Data;         # one MessagePack value
+    result @1 :UInt64;      # the result of the session's task with this key
+  }
+}
+
+struct TaskSubmission {
+  key @0 :UInt64;           # the client's id of the task, unique in its session
+  module @1 :Data;          # SHA-256 digest of an uploaded module
+  task @2 :Text;
+  args @3 :List(Arg);
+  retries @4 :UInt32;
+  limits @5 :Limits;
+}
+
+# What the scheduler tells a client about its tasks.
+struct TaskEvent {
+  key @0 :UInt64;
+  union {
+    done @1 :UInt64;        # result size in bytes
+    failed :group {
+      kind @2 :Text;
+      message @3 :Text;
+    }
+  }
+}
+
+struct Chunk {
+  data @0 :Data;
+  total @1 :UInt64;         # size of the whole value
+}
+
+# The bootstrap capability: it only hands out sessions.
+interface Cluster {
+  info @0 () -> (protocolVersion :UInt32, workers :UInt32);
+  # A client session. The token is checked once tenants exist; today any
+  # token is accepted and the session sees only its own tasks.
+  connectClient @1 (token :Text, listener :TaskListener) -> (session :ClientSession);
+  # A worker joins with the cluster secret and the capability the scheduler
+  # uses to command it.
+  registerWorker @2 (secret :Text, info :WorkerInfo, control :WorkerControl) -> (session :WorkerSession);
+}
+
+interface TaskListener {
+  events @0 (events :List(TaskEvent)) -> ();
+}
+
+interface ClientSession {
+  # Whether the cluster has the module already (uploads are once per cluster).
+  hasModule @0 (digest :Data) -> (known :Bool);
+  # Uploads a module in chunks at increasing offsets; the last chunk makes
+  # the scheduler check the digest and the task section.
+  uploadModule @1 (digest :Data, offset :UInt64, total :UInt64, data :Data) -> (complete :Bool);
+  # Lists a module's tasks as JSON records (the wrun.tasks section).
+  describeModule @2 (digest :Data) -> (tasks :Text);
+  submit @3 (tasks :List(TaskSubmission)) -> ();
+  # Reads part of a result: the scheduler fetches it from the worker that holds it.
+  fetch @4 (key :UInt64, offset :UInt64) -> (chunk :Chunk);
+  release @5 (keys :List(UInt64)) -> ();
+  status @6 () -> (json :Text);
+  # Captured stdout and stderr of a finished task.
+  logs @7 (key :UInt64) -> (stdout :Data, stderr :Data);
+}
+
+struct WorkerInfo {
+  name @0 :Text;
+  threads @1 :UInt32;
+  memoryBytes @2 :UInt64;
+  peerAddress @3 :Text;     # host:port where peers fetch results
+  pid @4 :UInt32;
+}
+
+# An input of an assigned task.
+struct Input {
+  union {
+    value @0 :Data;
+    local @1 :UInt64;       # a result this worker holds (by task id)
+    remote :group {         # a result to fetch from a peer
+      task @2 :UInt64;
+      address @3 :Text;
+    }
+  }
+}
+
+struct Assignment {
+  task @0 :UInt64;          # the scheduler's task id
+  module @1 :Data;
+  name @2 :Text;
+  inputs @3 :List(Input);
+  limits @4 :Limits;
+}
+
+struct WorkerEvent {
+  task @0 :UInt64;
+  union {
+    started @1 :Void;
+    finished :group {
+      size @2 :UInt64;
+      stdout @3 :Data;
+      stderr @4 :Data;
+    }
+    failed :group {
+      kind @5 :Text;
+      message @6 :Text;
+      stdout @7 :Data;
+      stderr @8 :Data;
+    }
+    stolen @9 :Bool;        # answer to a steal: true if given back
+  }
+}
+
+interface WorkerSession {
+  events @0 (events :List(WorkerEvent)) -> ();
+  heartbeat @1 () -> ();
+  fetchModule @2 (digest :Data, offset :UInt64) -> (chunk :Chunk);
+}
+
+# Implemented by each worker; the scheduler commands it through this.
+interface WorkerControl {
+  run @0 (tasks :List(Assignment)) -> ();
+  steal @1 (tasks :List(UInt64)) -> ();
+  cancel @2 (tasks :List(UInt64)) -> ();
+  free @3 (tasks :List(UInt64)) -> ();
+  fetch @4 (task :UInt64, offset :UInt64) -> (chunk :Chunk);
+}
+
+# What a worker serves to its peers on its peer address.
+interface Peer {
+  fetch @0 (task :UInt64, offset :UInt64) -> (chunk :Chunk);
+}
