@@ -11,3 +11,12 @@ rustup target add wasm32-wasip1 >/dev/null
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null
 fi
+
+# The Cap'n Proto compiler: host/wrun-proto's build.rs compiles
+# schema/wrun.capnp with it (schema/README.md says why it is not checked in).
+if ! command -v capnp >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq capnproto >/dev/null
+fi
