@@ -102,3 +102,108 @@ pub fn wrun(args: &[&str]) -> Finished {
         max_rss_kib: usage.ru_maxrss as u64,
     }
 }
+
+/// A process started by a test: its log file, killed on drop.
+pub struct Proc {
+    /// What it is, for the log dump.
+    pub name: String,
+    /// The child.
+    pub child: std::process::Child,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+/// Processes of one test, with a scratch directory. On drop, every process
+/// is killed, and if the test is failing, every log is printed.
+pub struct Procs {
+    /// Scratch directory (scheduler files, logs).
+    pub dir: PathBuf,
+    /// The processes.
+    pub procs: Vec<Proc>,
+}
+
+impl Procs {
+    /// A new scratch directory for `test`.
+    pub fn new(test: &str) -> Procs {
+        let dir = std::env::temp_dir().join(format!("wrun-e2e-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Procs {
+            dir,
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `wrun ARGS`, output to `<dir>/<name>.log`.
+    pub fn start(&mut self, name: &str, args: &[&str]) -> usize {
+        use std::process::{Command, Stdio};
+        let log = self.dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(wrun_binary())
+            .args(args)
+            .env("WRUN_CACHE_DIR", self.dir.join("cache"))
+            .env("WRUN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("starting wrun");
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        });
+        self.procs.len() - 1
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Prints every log (used on failure).
+    pub fn dump(&self) {
+        for proc in &self.procs {
+            eprintln!("===== {} ({}) =====", proc.name, proc.log.display());
+            eprintln!("{}", std::fs::read_to_string(&proc.log).unwrap_or_default());
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        // SIGTERM first, so `wrun local` and nannies stop what they started;
+        // SIGKILL whatever is left after a bounded wait.
+        for proc in &mut self.procs {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &proc.child.id().to_string()])
+                .status();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for proc in &mut self.procs {
+            while std::time::Instant::now() < deadline
+                && proc.child.try_wait().ok().flatten().is_none()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -117,6 +117,23 @@ pub(crate) struct WorkerArgs {
     /// Interface that peers use to fetch this worker's results.
     #[arg(long, env = "WRUN_PEER_HOST", default_value = "127.0.0.1")]
     pub(crate) peer_host: String,
+    /// Exit when the parent process dies (`wrun local` and the nanny pass it).
+    #[arg(long, hide = true)]
+    pub(crate) exit_with_parent: bool,
+}
+
+/// Exits this process as soon as its parent is gone (it is then re-parented),
+/// so that nothing outlives a killed `wrun local` or nanny.
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(0);
+            }
+        }
+    });
 }
 
 fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, Failure> {
@@ -157,6 +174,9 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, Failure> {
 
 pub(crate) fn worker(args: WorkerArgs) -> CommandResult {
     let config = worker_config(&args)?;
+    if args.exit_with_parent {
+        exit_with_parent();
+    }
     if !args.no_nanny {
         return nanny(&args);
     }
@@ -194,6 +214,9 @@ fn nanny(args: &WorkerArgs) -> CommandResult {
     let exe = std::env::current_exe().context("finding the wrun binary")?;
     let mut child_args: Vec<String> = std::env::args().skip(1).collect();
     child_args.push("--no-nanny".to_owned());
+    if !args.exit_with_parent {
+        child_args.push("--exit-with-parent".to_owned());
+    }
     let stop = stop_flag();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -284,6 +307,7 @@ pub(crate) fn local(
             .arg(memory.to_string())
             .arg("--name")
             .arg(format!("local-{i}"))
+            .arg("--exit-with-parent")
             .stdin(Stdio::null())
             .spawn()
             .context("starting a worker")?;
@@ -563,13 +587,13 @@ pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
             .unwrap_or_default();
         println!(
             "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
-            w["id"],
+            w["id"].to_string(),
             w["name"].as_str().unwrap_or(""),
-            w["threads"],
+            w["threads"].to_string(),
             memory,
-            w["pid"],
-            w["assigned"],
-            w["running"]
+            w["pid"].to_string(),
+            w["assigned"].to_string(),
+            w["running"].to_string()
         );
     }
     Ok(())

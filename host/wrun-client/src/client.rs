@@ -671,13 +671,13 @@ impl Client {
                     .promise
                     .await
                     .map_err(rpc_error)?;
-                Ok(response
+                response
                     .get()
                     .map_err(rpc_error)?
                     .get_json()
                     .map_err(rpc_error)?
                     .to_string()
-                    .map_err(|e| ClientError::Refused(e.to_string()))?)
+                    .map_err(|e| ClientError::Refused(e.to_string()))
             })
         })?;
         serde_json::from_str(&text).map_err(|e| ClientError::Refused(e.to_string()))

@@ -121,6 +121,12 @@ impl<P> Core<P> {
             .unwrap_or(&[])
     }
 
+    /// Whether the task is still to be computed (waiting, queued or running),
+    /// e.g. again after its result was lost with a worker.
+    pub fn is_active(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| t.state.is_active())
+    }
+
     /// The task's spec, if the core still has it.
     pub fn spec(&self, task: TaskId) -> Option<&TaskSpec<P>> {
         self.tasks.get(&task).map(|t| &t.spec)

@@ -293,6 +293,8 @@ struct State {
     next_id: u64,
     outbox: Outbox,
     deferred: mpsc::UnboundedSender<Deferred>,
+    /// Woken whenever tasks finish, for fetches waiting on a recomputation.
+    finished: Rc<tokio::sync::Notify>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -332,6 +334,14 @@ impl State {
 fn flush(shared: &Shared) {
     let mut state = shared.borrow_mut();
     let outbox = std::mem::take(&mut state.outbox);
+    if outbox
+        .client
+        .values()
+        .flatten()
+        .any(|(_, e)| matches!(e, ClientEvent::Done(_)))
+    {
+        state.finished.notify_waiters();
+    }
     for (worker, tasks) in outbox.run {
         let Some(conn) = state.workers.get(&worker) else {
             continue;
@@ -464,6 +474,7 @@ async fn serve(
         next_id: 0,
         outbox: Outbox::default(),
         deferred: deferred_tx,
+        finished: Rc::new(tokio::sync::Notify::new()),
     }));
     let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
         shared: shared.clone(),
@@ -961,29 +972,44 @@ impl client_session::Server for ClientSessionImpl {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let (key, offset) = (params.get_key(), params.get_offset());
-        let (control, task) = {
-            let state = self.shared.borrow();
-            let task = self.task_of(&state, key)?;
-            let holder = state.core.holders(task).first().copied().ok_or_else(|| {
-                failed(format!(
-                    "task {key} has no result (not finished yet, failed, or released)"
-                ))
-            })?;
-            (
-                state
-                    .workers
-                    .get(&holder)
-                    .ok_or_else(|| failed("the result's worker is gone"))?
-                    .control
-                    .clone(),
-                task,
-            )
+        // The holder may die, and the result be recomputed, between the
+        // client hearing "done" and fetching: wait for it, then retry.
+        let mut attempts = 0;
+        let chunk = loop {
+            attempts += 1;
+            let (finished, found) = {
+                let state = self.shared.borrow();
+                let task = self.task_of(&state, key)?;
+                let holder = state.core.holders(task).first().copied();
+                let found = match holder.and_then(|h| state.workers.get(&h)) {
+                    Some(conn) => Some((conn.control.clone(), task)),
+                    None if state.core.is_active(task) => None,
+                    None => {
+                        return Err(failed(format!(
+                            "task {key} has no result (failed, or released)"
+                        )));
+                    }
+                };
+                (state.finished.clone(), found)
+            };
+            let Some((control, task)) = found else {
+                let wait = finished.notified();
+                tokio::select! {
+                    _ = wait => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            };
+            let mut request = control.fetch_request();
+            request.get().set_task(task.0);
+            request.get().set_offset(offset);
+            match request.send().promise.await {
+                Ok(response) => break response,
+                Err(error) if attempts < 100 => debug!(key, "fetch failed, retrying: {error}"),
+                Err(error) => return Err(error),
+            }
         };
-        let mut request = control.fetch_request();
-        request.get().set_task(task.0);
-        request.get().set_offset(offset);
-        let response = request.send().promise.await?;
-        let chunk = response.get()?.get_chunk()?;
+        let chunk = chunk.get()?.get_chunk()?;
         let mut out = results.get().init_chunk();
         out.set_data(chunk.get_data()?);
         out.set_total(chunk.get_total());

@@ -152,3 +152,25 @@ fn panic_with(message: String) -> i64 {
 fn exit_with(code: i32) -> i64 {
     std::process::exit(code)
 }
+
+/// Takes `mib` MiB of memory, touches it, then spins until the time limit:
+/// a worker whose --memory is below that is killed by its nanny.
+#[task]
+fn hog(mib: u64) -> u64 {
+    let block = vec![1u8; (mib as usize) << 20];
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_add(u64::from(block[black_box(x as usize) % block.len()])));
+    }
+}
+
+/// Returns `i * i` after spinning `micros` microseconds: a task with a known
+/// answer that takes long enough for a test to act while it runs.
+#[task]
+fn slow_square(i: u64, micros: u64) -> u64 {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_micros() < u128::from(micros) {
+        black_box(i);
+    }
+    i * i
+}

@@ -1,0 +1,425 @@
+//! The cluster with real processes on loopback: `wrun local`, a scheduler
+//! with separately started workers, nannies, the client library and
+//! `wrun submit`. One log per process, printed when a test fails.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use wrun_client::{Client, ClientError, Module, Target, TaskOptions};
+use wrun_tests::{Procs, SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, wrun};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn connect(file: &Path) -> Client {
+    Client::connect(&Target::File(file.to_path_buf()), LONG).expect("connecting")
+}
+
+fn workers(client: &Client) -> Vec<Json> {
+    client.status().expect("status")["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn start_local(procs: &mut Procs, workers: u32, extra: &[&str]) -> std::path::PathBuf {
+    let file = procs.path("scheduler.json");
+    let workers = workers.to_string();
+    let mut args = vec![
+        "local",
+        "--workers",
+        &workers,
+        "--threads",
+        "1",
+        "--scheduler-file",
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    procs.start("local", &args);
+    file
+}
+
+fn check_seed_workloads(client: &Client) {
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    let answers = cluster_seed::run_all(client, &module).unwrap();
+    assert_eq!(answers.len(), 4);
+}
+
+#[test]
+fn seed_workloads_through_wrun_local_the_client_library_and_wrun_submit() {
+    let mut procs = Procs::new("local-seed");
+    let file = start_local(&mut procs, 2, &[]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    check_seed_workloads(&client);
+
+    // The same from the shell: darts as a map from an args file, summed here.
+    let args_file = procs.path("darts.jsonl");
+    let lines: Vec<String> = (0..100).map(|seed| format!("[1000000, {seed}]")).collect();
+    std::fs::write(&args_file, lines.join("\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        file_arg,
+        SEED_TASKS_WASM,
+        "throw_darts",
+        "--args-file",
+        args_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let (inside, total) = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<(u64, u64)>(l).unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(total, 100_000_000);
+    assert!((4.0 * inside as f64 / total as f64 - std::f64::consts::PI).abs() < 0.01);
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        file_arg,
+        SEED_TASKS_WASM,
+        "--map",
+        "inc",
+        "1",
+        "2",
+        "3",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "2\n3\n4\n"),
+        "{out:#?}"
+    );
+    let out = wrun(&["status", "--scheduler-file", file_arg]);
+    assert!(out.stdout.starts_with("2 worker(s)"), "{out:#?}");
+}
+
+#[test]
+fn workers_started_before_the_scheduler_join_and_run_the_seed_workloads() {
+    let mut procs = Procs::new("separate");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    // The workers come first and wait for the scheduler file.
+    procs.start(
+        "worker-a",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--threads",
+            "1",
+            "--name",
+            "a",
+        ],
+    );
+    procs.start(
+        "worker-b",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--threads",
+            "1",
+            "--name",
+            "b",
+            "--no-nanny",
+        ],
+    );
+    procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    check_seed_workloads(&client);
+}
+
+#[test]
+fn submit_with_no_cluster_named_runs_an_embedded_one() {
+    let out = wrun(&["submit", SEED_TASKS_WASM, "add", "1", "2"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "3\n"),
+        "{out:#?}"
+    );
+    let out = wrun(&[
+        "submit",
+        SEED_TASKS_WASM,
+        "--map",
+        "add",
+        "[1, 2]",
+        "[3, 4]",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "3\n7\n"),
+        "{out:#?}"
+    );
+    let out = wrun(&["submit", TEST_GUESTS_WASM, "panic_with", "\"boom\""]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("task `panic_with` failed (panic): task panicked at src/lib.rs:"),
+        "{out:#?}"
+    );
+    let out = wrun(&["submit", SEED_TASKS_WASM, "add", "1", "\"x\""]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("argument `y` of task `add`: expected i64, got string \"x\""),
+        "{out:#?}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = wrun(&[
+        "submit",
+        "--scheduler",
+        &closed,
+        "--connect-timeout",
+        "300ms",
+        SEED_TASKS_WASM,
+        "add",
+        "1",
+        "2",
+    ]);
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    assert!(
+        out.stderr.contains("cannot connect to the scheduler"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn sigkill_of_a_worker_mid_map_loses_nothing_and_the_nanny_brings_it_back() {
+    let mut procs = Procs::new("sigkill");
+    let file = start_local(&mut procs, 2, &[]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let calls = (0..2000u64)
+        .map(|i| vec![json!(i).into(), json!(1000).into()])
+        .collect();
+    let futures = client.map(&module, "slow_square", calls).unwrap();
+    let victim = workers(&client)[0].clone();
+    wait_until("the victim to be busy", LONG, || {
+        workers(&client)
+            .iter()
+            .any(|w| w["pid"] == victim["pid"] && w["running"].as_u64() > Some(0))
+    });
+    let killed_at = Instant::now();
+    nix_kill(victim["pid"].as_u64().unwrap() as i32);
+    let results = client.gather(&futures).unwrap();
+    assert_eq!(results.len(), 2000);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(
+            result.as_ref().unwrap(),
+            &json!((i * i) as u64),
+            "result {i}"
+        );
+    }
+    wait_until(
+        "the nanny to bring the worker back",
+        Duration::from_secs(10),
+        || {
+            let now = workers(&client);
+            now.len() == 2 && now.iter().all(|w| w["pid"] != victim["pid"])
+        },
+    );
+    eprintln!(
+        "worker back {:?} after SIGKILL (including the map)",
+        killed_at.elapsed()
+    );
+}
+
+fn nix_kill(pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_poison_task_is_failed_as_suspicious_while_other_work_completes() {
+    let mut procs = Procs::new("poison");
+    // Nannies kill a worker above 150 MiB; the poison task takes 300 MiB.
+    let file = start_local(&mut procs, 2, &["--memory", "150MiB"]);
+    let mut client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    client.set_options(TaskOptions {
+        memory_bytes: 512 << 20,
+        ..TaskOptions::default()
+    });
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let poison = client
+        .submit(&module, "hog", vec![json!(300).into()])
+        .unwrap();
+    let calls = (0..200u64)
+        .map(|i| vec![json!(i).into(), json!(200).into()])
+        .collect();
+    let others = client.map(&module, "slow_square", calls).unwrap();
+    let failure = client.wait(&[poison]).unwrap().remove(0).unwrap_err();
+    assert_eq!(failure.kind, "suspicious", "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("each of the 3 times a worker died"),
+        "{failure:?}"
+    );
+    for (i, result) in client.gather(&others).unwrap().iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i * i));
+    }
+}
+
+#[test]
+fn a_client_that_disconnects_mid_job_has_its_work_released() {
+    let mut procs = Procs::new("disconnect");
+    let file = start_local(&mut procs, 2, &[]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let file_arg = file.to_str().unwrap().to_owned();
+    let args_file = procs.path("slow.jsonl");
+    std::fs::write(
+        &args_file,
+        (0..5000)
+            .map(|i| format!("[{i}, 2000]\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let submitter = procs.start(
+        "submitter",
+        &[
+            "submit",
+            "--scheduler-file",
+            &file_arg,
+            TEST_GUESTS_WASM,
+            "slow_square",
+            "--args-file",
+            args_file.to_str().unwrap(),
+        ],
+    );
+    wait_until("the job to be queued", LONG, || {
+        client.status().unwrap()["tasks"].as_u64() > Some(1000)
+    });
+    procs.procs[submitter].child.kill().unwrap();
+    wait_until("the job to be released", LONG, || {
+        client.status().unwrap()["tasks"] == json!(0)
+    });
+    // And the cluster keeps serving others.
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    let sum = client
+        .submit(&module, "add", vec![json!(40).into(), json!(2).into()])
+        .unwrap();
+    assert_eq!(
+        client.gather(&[sum]).unwrap()[0].as_ref().unwrap(),
+        &json!(42)
+    );
+}
+
+fn read_scheduler_file(path: &Path) -> Json {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Sends raw bytes and checks that the scheduler closes the connection.
+fn raw_connection_is_closed(address: &str, bytes: &[u8], close_after_write: bool) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    if close_after_write {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_cluster_keeps_serving() {
+    let mut procs = Procs::new("bad-input");
+    let file = start_local(&mut procs, 1, &[]);
+    let client = connect(&file);
+    wait_until("1 worker", LONG, || workers(&client).len() == 1);
+    let address = read_scheduler_file(&file)["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Not Cap'n Proto at all; a frame claiming 100 M words; a truncated frame.
+    raw_connection_is_closed(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    let mut oversized = 0u32.to_le_bytes().to_vec();
+    oversized.extend_from_slice(&100_000_000u32.to_le_bytes());
+    raw_connection_is_closed(&address, &oversized, false);
+    let mut truncated = 0u32.to_le_bytes().to_vec();
+    truncated.extend_from_slice(&100u32.to_le_bytes());
+    truncated.extend_from_slice(&[0u8; 24]);
+    raw_connection_is_closed(&address, &truncated, true);
+
+    let seed = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    // A module the cluster never saw.
+    let unknown = Module {
+        digest: wrun_abi::ModuleDigest([7; 32]),
+        tasks: seed.tasks.clone(),
+    };
+    let error = client
+        .submit(&unknown, "inc", vec![json!(1).into()])
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("unknown module digest 0707"),
+        "{error}"
+    );
+    // Wrong argument types: refused by the client library before sending...
+    let error = client
+        .submit(&seed, "add", vec![json!(1).into(), json!("x").into()])
+        .unwrap_err();
+    assert!(matches!(error, ClientError::Arguments(_)), "{error}");
+    // ...and by the scheduler when a client lies about the signature.
+    let mut lying = seed.tasks.as_ref().clone();
+    let add = lying.iter_mut().find(|t| t.name == "add").unwrap();
+    add.params[1].ty = wrun_abi::Type::String;
+    let lying = Module {
+        digest: seed.digest,
+        tasks: std::sync::Arc::new(lying),
+    };
+    let error = client
+        .submit(&lying, "add", vec![json!(1).into(), json!("x").into()])
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("argument `y` of task `add`: expected i64, got string \"x\""),
+        "{error}"
+    );
+    // A worker with the wrong cluster secret is refused with a clear message.
+    let out = wrun(&[
+        "worker",
+        "--scheduler",
+        &address,
+        "--secret",
+        "wrong",
+        "--no-nanny",
+        "--connect-timeout",
+        "5s",
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains("the scheduler refused this worker")
+            && out.stderr.contains("wrong cluster secret"),
+        "{out:#?}"
+    );
+
+    // After all of that, the cluster still serves.
+    let z = client.submit(&seed, "inc", vec![json!(41).into()]).unwrap();
+    assert_eq!(
+        client.gather(&[z]).unwrap()[0].as_ref().unwrap(),
+        &json!(42)
+    );
+    assert_eq!(workers(&client).len(), 1);
+}
