@@ -4,9 +4,9 @@
 
 const protocolVersion :UInt32 = 1;
 
-# Largest chunk of a value or module in one message. Every reader bounds a
+# Largest chunk of a value or module in one message (4 MiB). Every reader bounds a
 # message at a few times this (traversal limit), so big values stream.
-const chunkBytes :UInt32 = 1048576;
+const chunkBytes :UInt32 = 4194304;
 
 struct Limits {
   memoryBytes @0 :UInt64;
@@ -46,6 +46,16 @@ struct TaskEvent {
   }
 }
 
+# One value of a batched fetch. Values that would make the answer larger
+# than a few MiB come back as `large` and are read in chunks instead.
+struct Value {
+  union {
+    data @0 :Data;
+    large @1 :UInt64;       # its size: fetch it in chunks
+    missing @2 :Text;       # why there is no value (yet)
+  }
+}
+
 struct Chunk {
   data @0 :Data;
   total @1 :UInt64;         # size of the whole value
@@ -81,6 +91,8 @@ interface ClientSession {
   status @6 () -> (json :Text);
   # Captured stdout and stderr of a finished task.
   logs @7 (key :UInt64) -> (stdout :Data, stderr :Data);
+  # Many small results in one round trip, in the order asked.
+  fetchMany @8 (keys :List(UInt64)) -> (values :List(Value));
 }
 
 struct WorkerInfo {
@@ -143,6 +155,7 @@ interface WorkerControl {
   cancel @2 (tasks :List(UInt64)) -> ();
   free @3 (tasks :List(UInt64)) -> ();
   fetch @4 (task :UInt64, offset :UInt64) -> (chunk :Chunk);
+  fetchMany @5 (tasks :List(UInt64)) -> (values :List(Value));
 }
 
 # What a worker serves to its peers on its peer address.

@@ -204,7 +204,7 @@ fn unknown_tasks_and_bad_arguments_are_input_errors() {
         &finished,
         2,
         "",
-        "error: unknown task `multiply`; the module has: add, dec, do_analysis,",
+        "error: unknown task `multiply`; the module has: add, consume, dec,",
     );
     let finished = wrun(&["run", SEED_TASKS_WASM, "add", "1"]);
     expect(
@@ -265,7 +265,7 @@ fn inspect_lists_tasks_with_signatures() {
     );
     let json = wrun(&["inspect", SEED_TASKS_WASM, "--json"]);
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    assert_eq!(parsed["tasks"].as_array().unwrap().len(), 11);
+    assert_eq!(parsed["tasks"].as_array().unwrap().len(), 14);
     assert_eq!(parsed["digest"].as_str().unwrap().len(), 64);
 }
 

@@ -71,13 +71,68 @@ fn estimate_pi(counts: Vec<(u64, u64)>) -> Result<f64, String> {
 #[task]
 fn noop() {}
 
-/// Spins on the clock for `micros` microseconds (the Task Bench kernel).
+/// Returns its argument: the no-op of the throughput benchmarks.
+#[task]
+fn identity(x: i64) -> i64 {
+    x
+}
+
+/// Spins on the clock for `micros` microseconds and returns `micros` (the
+/// Task Bench kernel of METG).
 #[task]
 fn spin(micros: u64) -> u64 {
     let start = std::time::Instant::now();
-    let mut turns = 0u64;
-    while start.elapsed().as_micros() < micros as u128 {
-        turns += 1;
+    while start.elapsed().as_micros() < u128::from(micros) {
+        std::hint::spin_loop();
     }
-    turns
+    micros
+}
+
+/// Bytes that travel as one MessagePack `bin` value (not a list of numbers).
+pub struct Blob(Vec<u8>);
+
+impl wrun_guest::serde::Serialize for Blob {
+    fn serialize<S: wrun_guest::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> wrun_guest::serde::Deserialize<'de> for Blob {
+    fn deserialize<D: wrun_guest::serde::Deserializer<'de>>(deserializer: D) -> Result<Blob, D::Error> {
+        struct Visitor;
+        impl<'de> wrun_guest::serde::de::Visitor<'de> for Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// `bytes` pseudo-random bytes (for the data-transfer benchmark).
+#[task]
+fn produce(bytes: u64, seed: u64) -> Blob {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(bytes as usize);
+    while (data.len() as u64) < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(bytes as usize);
+    Blob(data)
+}
+
+/// The total length of two blobs (the consumer of the data-transfer benchmark).
+#[task]
+fn consume(a: Blob, b: Blob) -> u64 {
+    (a.0.len() + b.0.len()) as u64
 }

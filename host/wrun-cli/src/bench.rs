@@ -24,7 +24,7 @@ mod darts_kernel;
 
 const DARTS: u64 = 10_000_000;
 
-fn seed_module(module: Option<PathBuf>) -> Result<PathBuf, Failure> {
+pub(crate) fn seed_module(module: Option<PathBuf>) -> Result<PathBuf, Failure> {
     if let Some(path) = module {
         return Ok(path);
     }

@@ -7,6 +7,7 @@
 //! codes, and leaves the work to the library crates.
 
 mod bench;
+mod bench_cluster;
 mod cluster;
 mod commands;
 mod exit;
@@ -140,6 +141,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// A local cluster of 2 workers x 1 thread against the Dask reference workloads.
+    Cluster {
+        /// The seed-tasks module; built from examples/seed-tasks when not given.
+        #[arg(long, env = "WRUN_SEED_MODULE")]
+        module: Option<PathBuf>,
+        /// Seconds of work per METG grain (Dask's script uses 4).
+        #[arg(long, default_value_t = 4.0)]
+        metg_seconds: f64,
+    },
 }
 
 /// Where compiled modules are cached.
@@ -210,6 +220,13 @@ fn main() -> ExitCode {
         } => cluster::local(workers, threads, memory, host, port, scheduler_file),
         Command::Submit(args) => cluster::submit(args),
         Command::Status { scheduler, json } => cluster::status(scheduler, json),
+        Command::Bench {
+            which:
+                BenchCommand::Cluster {
+                    module,
+                    metg_seconds,
+                },
+        } => bench_cluster::cluster(module, metg_seconds),
         Command::Bench {
             which:
                 BenchCommand::Sandbox {

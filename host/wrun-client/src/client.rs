@@ -606,7 +606,36 @@ impl Client {
             .collect();
         let mut values = self.call(move |session| {
             Box::pin(async move {
-                let fetches = futures::stream::iter(wanted.into_iter().map(|key| {
+                use wrun_proto::wrun_capnp::value::Which;
+                let mut map = HashMap::with_capacity(wanted.len());
+                let mut one_by_one = Vec::new();
+                // Small results in batches: one round trip per 4096.
+                for batch in wanted.chunks(4096) {
+                    let mut request = session.fetch_many_request();
+                    let mut list = request.get().init_keys(batch.len() as u32);
+                    for (i, key) in batch.iter().enumerate() {
+                        list.set(i as u32, *key);
+                    }
+                    let response = request.send().promise.await.map_err(rpc_error)?;
+                    let values = response
+                        .get()
+                        .and_then(|r| r.get_values())
+                        .map_err(rpc_error)?;
+                    for (key, value) in batch.iter().zip(values.iter()) {
+                        match value
+                            .which()
+                            .map_err(|e| ClientError::Refused(e.to_string()))?
+                        {
+                            Which::Data(data) => {
+                                map.insert(*key, data.map_err(rpc_error)?.to_vec());
+                            }
+                            // Large, or not available right now (e.g. being
+                            // recomputed after a worker died): read it alone.
+                            Which::Large(_) | Which::Missing(_) => one_by_one.push(*key),
+                        }
+                    }
+                }
+                let fetches = futures::stream::iter(one_by_one.into_iter().map(|key| {
                     let session = session.clone();
                     async move {
                         let value = fetch_chunked(|offset| {
@@ -623,10 +652,9 @@ impl Client {
                         (key, value)
                     }
                 }))
-                .buffered(256)
+                .buffered(64)
                 .collect::<Vec<_>>()
                 .await;
-                let mut map = HashMap::with_capacity(fetches.len());
                 for (key, value) in fetches {
                     map.insert(key, value.map_err(rpc_error)?);
                 }

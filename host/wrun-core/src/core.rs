@@ -127,6 +127,24 @@ impl<P> Core<P> {
         self.tasks.get(&task).is_some_and(|t| t.state.is_active())
     }
 
+    /// A one-line account of a task's state, for logs and test failures.
+    pub fn describe(&self, task: TaskId) -> String {
+        match self.tasks.get(&task) {
+            None => format!("{task}: forgotten"),
+            Some(t) => format!(
+                "{task}: {:?}, deps {:?} (missing {}), dependents {:?}, pending {}, wanted {}, holders {:?}, stealing {}",
+                t.state,
+                t.deps,
+                self.missing(task),
+                t.dependents,
+                t.pending,
+                t.wanted,
+                t.holders,
+                t.stealing
+            ),
+        }
+    }
+
     /// The task's spec, if the core still has it.
     pub fn spec(&self, task: TaskId) -> Option<&TaskSpec<P>> {
         self.tasks.get(&task).map(|t| &t.spec)
@@ -621,6 +639,23 @@ impl<P> Core<P> {
                 .map(|(id, _)| *id)
                 .collect();
             for task in active {
+                if !self.tasks[&task].state.is_active() {
+                    continue; // failed earlier in this pass
+                }
+                // A task restarted for its lost result may depend on one
+                // that has failed for good since: it fails too.
+                let failed_dep =
+                    self.tasks[&task]
+                        .deps
+                        .iter()
+                        .find_map(|d| match &self.tasks[d].state {
+                            State::Failed(failure) => Some((*d, failure.clone())),
+                            _ => None,
+                        });
+                if let Some((dep, failure)) = failed_dep {
+                    self.fail(task, dependency_failure(dep, &failure), comm);
+                    continue;
+                }
                 let missing = self.missing(task);
                 match self.tasks[&task].state {
                     State::Waiting if missing == 0 => self.make_ready(task),

@@ -508,7 +508,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     /// Any event sequence keeps the invariants; afterwards, with one worker
     /// left that runs everything, every task ends done or failed.
@@ -549,7 +549,16 @@ proptest! {
         for i in 0..graph.len() as u64 {
             let task = t(i);
             let finished = world.done.contains_key(&task) || world.failed.contains_key(&task);
-            prop_assert!(finished, "task {} neither done nor failed", task);
+            if !finished {
+                let mut deps: Vec<String> = Vec::new();
+                let mut stack = graph[i as usize].clone();
+                while let Some(d) = stack.pop() {
+                    deps.push(world.env.core.describe(t(d)));
+                    stack.extend(graph[d as usize].iter().copied());
+                }
+                let queues: Vec<_> = world.queues.iter().map(|(w, q)| (*w, q.clone())).collect();
+                prop_assert!(finished, "neither done nor failed: {}; deps: {:?}; queues {:?}", world.env.core.describe(task), deps, queues);
+            }
         }
         // Tasks that failed name a cause; no task is reported failed twice.
         for (task, message) in &world.failed {

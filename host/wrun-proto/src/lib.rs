@@ -202,23 +202,40 @@ pub fn rpc_system(
     RpcSystem::new(Box::new(network), bootstrap)
 }
 
+/// Chunk requests kept in flight while reading a large value.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
 /// Reads a whole value through a chunked `fetch(offset) -> (data, total)`
-/// call, refusing values over [`MAX_VALUE_BYTES`] or inconsistent chunks.
+/// call, with several chunks in flight, refusing values over
+/// [`MAX_VALUE_BYTES`] or inconsistent chunks.
 pub async fn fetch_chunked<F, Fut>(mut fetch: F) -> Result<Vec<u8>, capnp::Error>
 where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<(Vec<u8>, u64), capnp::Error>>,
 {
+    use futures::StreamExt;
     let (first, total) = fetch(0).await?;
     if total > MAX_VALUE_BYTES {
         return Err(capnp::Error::failed(format!(
             "value of {total} bytes is over the limit"
         )));
     }
+    if first.is_empty() && total > 0 {
+        return Err(capnp::Error::failed(
+            "an empty first chunk of a non-empty value".to_owned(),
+        ));
+    }
+    let step = first.len() as u64;
     let mut value = Vec::with_capacity(total as usize);
     value.extend_from_slice(&first);
-    while (value.len() as u64) < total {
-        let (chunk, again) = fetch(value.len() as u64).await?;
+    let offsets: Vec<u64> = (1..)
+        .map(|i| i * step.max(1))
+        .take_while(|o| *o < total)
+        .collect();
+    let mut chunks =
+        futures::stream::iter(offsets.into_iter().map(&mut fetch)).buffered(CHUNKS_IN_FLIGHT);
+    while let Some(chunk) = chunks.next().await {
+        let (chunk, again) = chunk?;
         if again != total || chunk.is_empty() {
             return Err(capnp::Error::failed(
                 "the value changed or stopped while being read".to_owned(),

@@ -1081,6 +1081,87 @@ impl client_session::Server for ClientSessionImpl {
         Ok(())
     }
 
+    async fn fetch_many(
+        self: CapRc<Self>,
+        params: client_session::FetchManyParams,
+        mut results: client_session::FetchManyResults,
+    ) -> Result<(), capnp::Error> {
+        use wrun_proto::wrun_capnp::value::Which;
+        enum Slot {
+            Data(Vec<u8>),
+            Large(u64),
+            Missing(String),
+        }
+        let keys: Vec<u64> = params.get()?.get_keys()?.iter().collect();
+        if keys.len() > 1 << 16 {
+            return Err(failed("at most 65536 keys per fetchMany"));
+        }
+        let mut slots: Vec<Slot> = Vec::with_capacity(keys.len());
+        let mut by_worker: BTreeMap<WorkerId, (worker_control::Client, Vec<(usize, TaskId)>)> =
+            BTreeMap::new();
+        {
+            let state = self.shared.borrow();
+            for (index, key) in keys.iter().enumerate() {
+                let Ok(task) = self.task_of(&state, *key) else {
+                    slots.push(Slot::Missing(format!(
+                        "no task with key {key} in this session"
+                    )));
+                    continue;
+                };
+                let holder = state
+                    .core
+                    .holders(task)
+                    .first()
+                    .and_then(|h| state.workers.get(h).map(|c| (*h, c)));
+                match holder {
+                    Some((worker, conn)) => {
+                        by_worker
+                            .entry(worker)
+                            .or_insert_with(|| (conn.control.clone(), Vec::new()))
+                            .1
+                            .push((index, task));
+                        slots.push(Slot::Missing(String::new()));
+                    }
+                    None => slots.push(Slot::Missing(format!("task {key} has no result here now"))),
+                }
+            }
+        }
+        let requests = by_worker.into_values().map(|(control, items)| {
+            let mut request = control.fetch_many_request();
+            let mut list = request.get().init_tasks(items.len() as u32);
+            for (i, (_, task)) in items.iter().enumerate() {
+                list.set(i as u32, task.0);
+            }
+            async move { (items, request.send().promise.await) }
+        });
+        for (items, response) in futures::future::join_all(requests).await {
+            let values = match &response {
+                Ok(r) => r.get().and_then(|r| r.get_values()),
+                Err(error) => Err(error.clone()),
+            };
+            for (i, (index, _)) in items.iter().enumerate() {
+                slots[*index] = match &values {
+                    Ok(values) => match values.get(i as u32).which()? {
+                        Which::Data(data) => Slot::Data(data?.to_vec()),
+                        Which::Large(size) => Slot::Large(size),
+                        Which::Missing(reason) => Slot::Missing(reason?.to_string()?),
+                    },
+                    Err(error) => Slot::Missing(error.to_string()),
+                };
+            }
+        }
+        let mut list = results.get().init_values(slots.len() as u32);
+        for (i, slot) in slots.iter().enumerate() {
+            let mut value = list.reborrow().get(i as u32);
+            match slot {
+                Slot::Data(data) => value.set_data(data),
+                Slot::Large(size) => value.set_large(*size),
+                Slot::Missing(reason) => value.set_missing(reason),
+            }
+        }
+        Ok(())
+    }
+
     async fn logs(
         self: CapRc<Self>,
         params: client_session::LogsParams,

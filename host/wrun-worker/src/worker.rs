@@ -722,7 +722,40 @@ impl worker_control::Server for ControlImpl {
         chunk.set_total(value.len() as u64);
         Ok(())
     }
+
+    async fn fetch_many(
+        self: CapRc<Self>,
+        params: worker_control::FetchManyParams,
+        mut results: worker_control::FetchManyResults,
+    ) -> Result<(), capnp::Error> {
+        let tasks = params.get()?.get_tasks()?;
+        let store = self
+            .shared
+            .results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut values = results.get().init_values(tasks.len());
+        let mut total = 0usize;
+        for (i, task) in tasks.iter().enumerate() {
+            let mut value = values.reborrow().get(i as u32);
+            match store.get(&task) {
+                None => value.set_missing("no such result on this worker"),
+                Some(bytes) if total + bytes.len() > BATCH_BYTES => {
+                    value.set_large(bytes.len() as u64)
+                }
+                Some(bytes) => {
+                    total += bytes.len();
+                    value.set_data(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The most value bytes one batched fetch answers with; the rest come back
+/// as `large` and are read in chunks (messages stay far below the reader limit).
+const BATCH_BYTES: usize = 4 << 20;
 
 struct PeerImpl {
     shared: Arc<Shared_>,

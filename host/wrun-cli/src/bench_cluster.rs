@@ -1,0 +1,399 @@
+//! `wrun bench cluster`: the Dask reference workloads (shared/bench/dask)
+//! on a real `wrun local` cluster of 2 workers × 1 thread, through the
+//! client library. Prints a table, then one JSON object as the last line.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, ensure};
+use serde_json::{Value as Json, json};
+use wrun_client::{Client, Delayed, Module, Target, TaskOptions};
+
+use crate::exit::CommandResult;
+
+struct Cluster {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn spawn(args: &[&str], file: &PathBuf) -> anyhow::Result<Cluster> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(args)
+        .arg("--scheduler-file")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Cluster {
+        child,
+        file: file.clone(),
+    })
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn worker_count(client: &Client) -> usize {
+    client
+        .status()
+        .ok()
+        .and_then(|s| s["workers"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn timed<T>(work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let started = Instant::now();
+    let value = work()?;
+    Ok((value, started.elapsed().as_secs_f64()))
+}
+
+fn ok(result: Result<Json, wrun_client::TaskFailure>) -> anyhow::Result<Json> {
+    result.map_err(|f| anyhow!("task failed ({}): {}", f.kind, f.message))
+}
+
+fn noop_map(client: &Client, module: &Module, n: i64) -> anyhow::Result<f64> {
+    let ((), seconds) = timed(|| {
+        let calls = (0..n).map(|i| vec![json!(i).into()]).collect();
+        let t0 = Instant::now();
+        let futures = client.map(module, "identity", calls)?;
+        let submitted = t0.elapsed();
+        client.wait(&futures)?;
+        let finished = t0.elapsed();
+        let gathered = client.gather(&futures)?;
+        tracing::info!(n, ?submitted, ?finished, gathered = ?t0.elapsed(), "no-op map");
+        for (i, result) in gathered.into_iter().enumerate() {
+            ensure!(ok(result)? == json!(i), "identity({i})");
+        }
+        Ok(())
+    })?;
+    Ok(seconds)
+}
+
+fn tree_sum(client: &Client, module: &Module, leaves: i64) -> anyhow::Result<(usize, f64)> {
+    let mut graph = client.graph();
+    let mut level: Vec<Delayed> = (0..leaves)
+        .map(|i| graph.call(module, "identity", vec![json!(i).into()]))
+        .collect();
+    let mut tasks = level.len();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [x, y] => {
+                    tasks += 1;
+                    graph.call(module, "add", vec![(*x).into(), (*y).into()])
+                }
+                [x] => *x,
+                _ => unreachable!(),
+            })
+            .collect();
+    }
+    let (result, seconds) = timed(|| Ok(graph.compute(&level)?))?;
+    let total = ok(result.into_iter().next().context("one result")?)?;
+    ensure!(
+        total == json!(leaves * (leaves - 1) / 2),
+        "tree sum = {total}"
+    );
+    Ok((tasks, seconds))
+}
+
+fn chain(client: &Client, module: &Module, n: i64) -> anyhow::Result<f64> {
+    let mut graph = client.graph();
+    let mut x = graph.call(module, "inc", vec![json!(0).into()]);
+    for _ in 1..n {
+        x = graph.call(module, "inc", vec![x.into()]);
+    }
+    let (result, seconds) = timed(|| Ok(graph.compute(&[x])?))?;
+    ensure!(
+        ok(result.into_iter().next().context("one result")?)? == json!(n),
+        "chain result"
+    );
+    Ok(seconds)
+}
+
+fn seed_graph(client: &Client, module: &Module) -> anyhow::Result<f64> {
+    let mut graph = client.graph();
+    let zs: Vec<Delayed> = (0..256)
+        .map(|i| {
+            let x = graph.call(module, "inc", vec![json!(i).into()]);
+            let y = graph.call(module, "dec", vec![x.into()]);
+            graph.call(module, "add", vec![x.into(), y.into()])
+        })
+        .collect();
+    let (results, seconds) = timed(|| Ok(graph.compute(&zs)?))?;
+    for (i, z) in results.into_iter().enumerate() {
+        ensure!(ok(z)? == json!(2 * i + 1), "z[{i}]");
+    }
+    Ok(seconds)
+}
+
+fn darts(client: &Client, module: &Module) -> anyhow::Result<(f64, f64)> {
+    let ((inside, total), seconds) = timed(|| {
+        let calls = (0..100)
+            .map(|seed| vec![json!(1_000_000).into(), json!(seed).into()])
+            .collect();
+        let futures = client.map(module, "throw_darts", calls)?;
+        let mut sums = (0u64, 0u64);
+        for result in client.gather(&futures)? {
+            let pair = ok(result)?;
+            sums.0 += pair[0].as_u64().context("inside")?;
+            sums.1 += pair[1].as_u64().context("total")?;
+        }
+        Ok(sums)
+    })?;
+    let pi = 4.0 * inside as f64 / total as f64;
+    ensure!(
+        total == 100_000_000 && (pi - std::f64::consts::PI).abs() < 0.01,
+        "pi = {pi}"
+    );
+    Ok((seconds, pi))
+}
+
+/// Two 64 MiB blobs made on different workers, then one task that reads both:
+/// one of them crosses from worker to worker. Returns MB/s (10^6 bytes) of
+/// that crossing, timed from the consumer's submission to its result.
+fn transfer(client: &mut Client, module: &Module) -> anyhow::Result<f64> {
+    const BYTES: u64 = 64 << 20;
+    client.set_options(TaskOptions {
+        memory_bytes: 1 << 30,
+        result_bytes: 128 << 20,
+        ..TaskOptions::default()
+    });
+    let a = client.submit(
+        module,
+        "produce",
+        vec![json!(BYTES).into(), json!(1).into()],
+    )?;
+    let b = client.submit(
+        module,
+        "produce",
+        vec![json!(BYTES).into(), json!(2).into()],
+    )?;
+    for state in client.wait(&[a.clone(), b.clone()])? {
+        state.map_err(|f| anyhow!("produce failed: {}", f.message))?;
+    }
+    // The same consumer with both inputs already on its worker: what the
+    // task costs without a transfer (passing 128 MiB into the sandbox).
+    let (_, local_seconds) = timed(|| {
+        let c = client.submit(module, "consume", vec![(&a).into(), (&a).into()])?;
+        ok(client.gather(&[c])?.remove(0))
+    })?;
+    let (total, seconds) = timed(|| {
+        let c = client.submit(module, "consume", vec![(&a).into(), (&b).into()])?;
+        ok(client.gather(&[c])?.remove(0))
+    })?;
+    ensure!(total == json!(2 * BYTES), "consume = {total}");
+    client.set_options(TaskOptions::default());
+    tracing::info!(
+        local_seconds,
+        seconds,
+        "transfer: consumer with local inputs vs one remote input"
+    );
+    Ok(BYTES as f64 / 1e6 / (seconds - local_seconds).max(1e-6))
+}
+
+fn metg(
+    client: &Client,
+    module: &Module,
+    target_s: f64,
+) -> anyhow::Result<(Option<u64>, Vec<Json>)> {
+    let threads = 2.0;
+    let warm = client.map(
+        module,
+        "spin",
+        (0..100).map(|_| vec![json!(1).into()]).collect(),
+    )?;
+    client.gather(&warm)?;
+    let mut points = Vec::new();
+    let mut best = None;
+    for d in [
+        100_000u64, 30_000, 10_000, 3_000, 1_000, 300, 100, 30, 10, 3,
+    ] {
+        let n = ((target_s * threads * 1e6 / d as f64) as u64).clamp(20, 20_000);
+        let (results, wall) = timed(|| {
+            let futures = client.map(
+                module,
+                "spin",
+                (0..n).map(|_| vec![json!(d).into()]).collect(),
+            )?;
+            Ok(client.gather(&futures)?)
+        })?;
+        for result in results {
+            ensure!(ok(result)? == json!(d), "spin({d})");
+        }
+        let efficiency = n as f64 * d as f64 / 1e6 / (wall * threads);
+        points.push(json!({"grain_us": d, "tasks": n, "wall_s": wall, "efficiency": (efficiency * 1000.0).round() / 1000.0}));
+        if efficiency >= 0.5 {
+            best = Some(d);
+        }
+    }
+    Ok((best, points))
+}
+
+pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandResult {
+    let module_path = crate::bench::seed_module(module)?;
+    let bytes = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+
+    // Start-up: the command to 2 workers ready.
+    let started = Instant::now();
+    let file = dir.join(format!("wrun-bench-{pid}.json"));
+    let local = spawn(&["local", "--workers", "2", "--threads", "1"], &file)?;
+    let mut client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    wait_until("2 workers", Duration::from_secs(60), || {
+        worker_count(&client) == 2
+    })?;
+    let start_s = started.elapsed().as_secs_f64();
+    let module = client.upload(&bytes).map_err(|e| anyhow!(e))?;
+    // Warm up: both workers load the module.
+    let warm = client
+        .map(
+            &module,
+            "identity",
+            (0..200).map(|i| vec![json!(i).into()]).collect(),
+        )
+        .map_err(|e| anyhow!(e))?;
+    client.gather(&warm).map_err(|e| anyhow!(e))?;
+
+    eprintln!("running: noop maps, seed graph, chain, tree, darts, transfer, METG ...");
+    let seed_graph_s = seed_graph(&client, &module)?;
+    let noop_10k = noop_map(&client, &module, 10_000)?;
+    let noop_100k = noop_map(&client, &module, 100_000)?;
+    let chain_s = chain(&client, &module, 10_000)?;
+    let (tree_tasks, tree_s) = tree_sum(&client, &module, 10_000)?;
+    let (darts_s, pi) = darts(&client, &module)?;
+    let transfer_mb_s = transfer(&mut client, &module)?;
+    let (metg50, metg_points) = metg(&client, &module, metg_target_s)?;
+    let scheduler_rss_kib = proc_status_kib(local.child.id(), "VmHWM:").unwrap_or(0);
+    drop(client);
+    drop(local);
+
+    // Scheduler memory per queued task: a scheduler with no workers, 100k tasks queued.
+    let file = dir.join(format!("wrun-bench-queue-{pid}.json"));
+    let scheduler = spawn(&["scheduler"], &file)?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    let module = client.upload(&bytes).map_err(|e| anyhow!(e))?;
+    let before = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
+    let queued = client
+        .map(
+            &module,
+            "identity",
+            (0..100_000).map(|i| vec![json!(i).into()]).collect(),
+        )
+        .map_err(|e| anyhow!(e))?;
+    wait_until("100k queued tasks", Duration::from_secs(60), || {
+        client.status().ok().and_then(|s| s["queued"].as_u64()) == Some(100_000)
+    })?;
+    let after = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
+    let bytes_per_task = (after.saturating_sub(before) * 1024) as f64 / 100_000.0;
+    drop(queued);
+    drop(client);
+    drop(scheduler);
+
+    let r = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
+    println!("wrun bench cluster  (wrun local: 2 workers x 1 thread, like the Dask scripts)");
+    let row = |name: &str, value: String| println!("  {name:<44} {value:>14}");
+    row(
+        "start-up, command to 2 workers ready",
+        format!("{start_s:.3} s"),
+    );
+    row(
+        "no-op map 10k (map to all results)",
+        format!("{noop_10k:.3} s"),
+    );
+    row("no-op map 100k", format!("{noop_100k:.3} s"));
+    row(
+        "no-op tasks/s (100k)",
+        format!("{:.0}", 100_000.0 / noop_100k),
+    );
+    row("seed graph, 768 tasks", format!("{seed_graph_s:.4} s"));
+    row("chain of 10k dependent tasks", format!("{chain_s:.3} s"));
+    row(
+        &format!("tree sum of 10k leaves ({tree_tasks} tasks)"),
+        format!("{tree_s:.3} s"),
+    );
+    row(
+        &format!("darts 100 x 1M (pi = {pi:.6})"),
+        format!("{darts_s:.3} s"),
+    );
+    row(
+        "64 MiB worker to worker",
+        format!("{transfer_mb_s:.0} MB/s"),
+    );
+    row(
+        "scheduler process peak RSS",
+        format!("{:.1} MiB", scheduler_rss_kib as f64 / 1024.0),
+    );
+    row(
+        "scheduler bytes per queued task (100k)",
+        format!("{bytes_per_task:.0} B"),
+    );
+    row(
+        "METG(50%)",
+        metg50
+            .map(|d| format!("{d} µs"))
+            .unwrap_or_else(|| "none".to_owned()),
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "cluster",
+            "start_s": r(start_s, 3),
+            "noop_map_10k_s": r(noop_10k, 4),
+            "noop_map_100k_s": r(noop_100k, 4),
+            "noop_tasks_per_s": (100_000.0 / noop_100k).round(),
+            "seed_graph_s": r(seed_graph_s, 4),
+            "chain_10k_s": r(chain_s, 4),
+            "tree_sum_10k_s": r(tree_s, 4),
+            "darts_100x1m_s": r(darts_s, 4),
+            "transfer_64mib_mb_s": transfer_mb_s.round(),
+            "scheduler_rss_mib": r(scheduler_rss_kib as f64 / 1024.0, 1),
+            "scheduler_bytes_per_queued_task": bytes_per_task.round(),
+            "metg50_us": metg50,
+            "metg_points": metg_points,
+        })
+    );
+    Ok(())
+}
