@@ -423,3 +423,50 @@ fn bad_input_gets_clear_errors_and_the_cluster_keeps_serving() {
     );
     assert_eq!(workers(&client).len(), 1);
 }
+
+#[test]
+fn a_task_graph_file_runs_and_bad_graphs_are_rejected_before_anything_runs() {
+    let graph = wrun_tests::workspace_root().join("examples/graphs/seed-graph.toml");
+    let out = wrun(&["submit", graph.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.stdout,
+        "{\"z0\":1}\n{\"z1\":3}\n{\"z2\":5}\n{\"total\":9}\n"
+    );
+
+    let dir = std::env::temp_dir().join(format!("wrun-graphs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("module = {:?}\n{body}", SEED_TASKS_WASM)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let cycle = write(
+        "cycle.toml",
+        "outputs = [\"a\"]\n[tasks.a]\ntask = \"inc\"\nargs = [{ ref = \"c\" }]\n[tasks.b]\ntask = \"inc\"\nargs = [{ ref = \"a\" }]\n[tasks.c]\ntask = \"inc\"\nargs = [{ ref = \"b\" }]\n",
+    );
+    let out = wrun(&["submit", &cycle]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains("has a cycle: a -> c -> b -> a"),
+        "{out:#?}"
+    );
+    let broken = write(
+        "broken.toml",
+        "outputs = [\"a\", \"nope\"]\n[tasks.a]\ntask = \"multiply\"\nargs = [1]\n[tasks.b]\ntask = \"inc\"\nargs = [{ ref = \"ghost\" }]\n[tasks.c]\ntask = \"add\"\nargs = [1, \"x\"]\n",
+    );
+    let out = wrun(&["submit", &broken]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    for problem in [
+        "task `a`: unknown task `multiply`",
+        "task `b` refers to `ghost`, which is not in the graph",
+        "task `c`: argument `y`: expected i64, got string \"x\"",
+        "output `nope` is not a task in the graph",
+    ] {
+        assert!(
+            out.stderr.contains(problem),
+            "missing {problem:?}: {out:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

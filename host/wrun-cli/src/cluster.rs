@@ -368,10 +368,10 @@ fn embedded_cluster() -> Result<(Embedded, Target), Failure> {
 /// Flags of `wrun submit`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SubmitArgs {
-    /// The .wasm module.
+    /// The .wasm module, or a graph file (`.toml`, see below).
     pub(crate) module: PathBuf,
-    /// The task to run.
-    pub(crate) task: String,
+    /// The task to run (not with a graph file).
+    pub(crate) task: Option<String>,
     /// Arguments: JSON values. With --map, one call per ARG: the task's only
     /// argument, or a JSON array of all its arguments.
     #[arg(allow_negative_numbers = true)]
@@ -442,15 +442,99 @@ fn parse_calls(args: &SubmitArgs, params: usize) -> Result<Vec<Vec<Json>>, Failu
         .collect()
 }
 
+/// Connects to the named scheduler, or starts an embedded cluster.
+fn connect_or_embed(args: &SubmitArgs) -> Result<(Option<Embedded>, Client), Failure> {
+    let (embedded, target) = match args.scheduler.target() {
+        Some(target) => (None, target),
+        None => {
+            let (embedded, target) = embedded_cluster()?;
+            (Some(embedded), target)
+        }
+    };
+    let mut client =
+        Client::connect(&target, args.scheduler.connect_timeout).map_err(client_failure)?;
+    let limits = args.limits.to_limits();
+    client.set_options(TaskOptions {
+        memory_bytes: limits.memory_bytes,
+        timeout: limits.timeout,
+        fuel: limits.fuel.unwrap_or(0),
+        result_bytes: limits.result_bytes,
+        stdout_bytes: limits.stdout_bytes,
+        stderr_bytes: limits.stderr_bytes,
+        retries: args.retries,
+    });
+    Ok((embedded, client))
+}
+
+fn submit_graph(args: &SubmitArgs) -> CommandResult {
+    if args.task.is_some() || !args.arg.is_empty() || args.map || args.args_file.is_some() {
+        return Err(Failure::input(anyhow!(
+            "a graph file takes no TASK, ARGs, --map or --args-file"
+        )));
+    }
+    let (graph, bytes, _) = crate::graph::load(&args.module).map_err(Failure::input)?;
+    let (embedded, client) = connect_or_embed(args)?;
+    let module = client.upload(&bytes).map_err(client_failure)?;
+    let mut lazy = client.graph();
+    let mut nodes = std::collections::HashMap::new();
+    for (id, task, graph_args) in &graph.order {
+        let call_args = graph_args
+            .iter()
+            .map(|a| match a {
+                crate::graph::GraphValue::Literal(json) => {
+                    wrun_client::GraphArg::Value(json.clone())
+                }
+                crate::graph::GraphValue::Ref(target) => wrun_client::GraphArg::Node(nodes[target]),
+            })
+            .collect();
+        nodes.insert(id.clone(), lazy.call(&module, task, call_args));
+    }
+    let outputs: Vec<_> = graph.outputs.iter().map(|id| nodes[id]).collect();
+    let results = lazy.compute(&outputs).map_err(client_failure)?;
+    let mut failures = 0;
+    for (id, result) in graph.outputs.iter().zip(&results) {
+        match result {
+            Ok(value) => println!("{}", serde_json::json!({ id: value })),
+            Err(failure) => {
+                failures += 1;
+                println!("{}", serde_json::json!({ id: null }));
+                eprintln!(
+                    "error: `{id}` failed ({}): {}",
+                    failure.kind, failure.message
+                );
+            }
+        }
+    }
+    drop(client);
+    if let Some(embedded) = embedded {
+        embedded.scheduler.stop();
+    }
+    if failures > 0 {
+        return Err(Failure::task(anyhow!(
+            "{failures} of {} output(s) failed",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
+    if args.module.extension().is_some_and(|e| e == "toml") {
+        return submit_graph(&args);
+    }
+    let Some(task) = args.task.clone() else {
+        return Err(Failure::input(anyhow!(
+            "name the TASK to run (or give a graph file ending in .toml)"
+        )));
+    };
     let bytes = std::fs::read(&args.module)
         .with_context(|| format!("cannot read the module {}", args.module.display()))?;
     let signatures = wrun_abi::read_task_signatures(&bytes)
         .with_context(|| args.module.display().to_string())?;
-    let Some(signature) = signatures.iter().find(|s| s.name == args.task) else {
+    let Some(signature) = signatures.iter().find(|s| s.name == task) else {
         return Err(Failure::input(anyhow!(
             "unknown task `{}`; the module has: {}",
-            args.task,
+            task,
             signatures
                 .iter()
                 .map(|s| s.name.as_str())
@@ -471,33 +555,13 @@ pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
         })?;
     }
 
-    let (_embedded, target) = match args.scheduler.target() {
-        Some(target) => (None, target),
-        None => {
-            let (embedded, target) = embedded_cluster()?;
-            (Some(embedded), target)
-        }
-    };
-    let mut client =
-        Client::connect(&target, args.scheduler.connect_timeout).map_err(client_failure)?;
-    let limits = args.limits.to_limits();
-    client.set_options(TaskOptions {
-        memory_bytes: limits.memory_bytes,
-        timeout: limits.timeout,
-        fuel: limits.fuel.unwrap_or(0),
-        result_bytes: limits.result_bytes,
-        stdout_bytes: limits.stdout_bytes,
-        stderr_bytes: limits.stderr_bytes,
-        retries: args.retries,
-    });
+    let (_embedded, client) = connect_or_embed(&args)?;
     let module = client.upload(&bytes).map_err(client_failure)?;
     let calls: Vec<Vec<Argument>> = calls
         .into_iter()
         .map(|c| c.into_iter().map(Argument::from).collect())
         .collect();
-    let futures = client
-        .map(&module, &args.task, calls)
-        .map_err(client_failure)?;
+    let futures = client.map(&module, &task, calls).map_err(client_failure)?;
     let show_progress = fan_out && std::io::stderr().is_terminal() && futures.len() > 1;
     client
         .wait_with_progress(&futures, |done, total| {
@@ -535,8 +599,8 @@ pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
                     );
                 } else {
                     eprintln!(
-                        "error: task `{}` failed ({}): {}",
-                        args.task, failure.kind, failure.message
+                        "error: task `{task}` failed ({}): {}",
+                        failure.kind, failure.message
                     );
                 }
             }

@@ -11,6 +11,7 @@ mod bench_cluster;
 mod cluster;
 mod commands;
 mod exit;
+mod graph;
 mod limits;
 mod units;
 

@@ -153,7 +153,7 @@ pub fn run_scheduler(config: SchedulerConfig) -> std::io::Result<()> {
 
 // ---- state ----
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Limits {
     memory_bytes: u64,
     timeout_ms: u64,
@@ -166,8 +166,15 @@ struct Limits {
 /// What travels with a task to the worker; the core does not read it.
 #[derive(Clone)]
 struct Payload {
+    template: Rc<Template>,
+    /// The client's key of this task (events name tasks by key).
+    key: u64,
+}
+
+/// What tasks of one submission share: one allocation for a whole map.
+struct Template {
     module: Rc<ModuleEntry>,
-    name: Rc<str>,
+    name: String,
     limits: Limits,
 }
 
@@ -288,7 +295,6 @@ struct State {
     uploads: HashMap<(ClientId, Vec<u8>), Vec<u8>>,
     workers: HashMap<WorkerId, WorkerConn>,
     clients: HashMap<ClientId, ClientConn>,
-    owners: HashMap<TaskId, (ClientId, u64)>,
     logs: HashMap<TaskId, (Vec<u8>, Vec<u8>)>,
     next_id: u64,
     outbox: Outbox,
@@ -324,7 +330,6 @@ impl State {
         );
         self.core.cancel(&tasks, &mut self.outbox);
         for task in tasks {
-            self.owners.remove(&task);
             self.logs.remove(&task);
         }
     }
@@ -351,15 +356,15 @@ fn flush(shared: &Shared) {
         for (i, (task, payload, inputs)) in tasks.iter().enumerate() {
             let mut a = list.reborrow().get(i as u32);
             a.set_task(task.0);
-            a.set_module(&payload.module.digest);
-            a.set_name(&*payload.name);
+            a.set_module(&payload.template.module.digest);
+            a.set_name(&payload.template.name);
             let mut l = a.reborrow().init_limits();
-            l.set_memory_bytes(payload.limits.memory_bytes);
-            l.set_timeout_ms(payload.limits.timeout_ms);
-            l.set_fuel(payload.limits.fuel);
-            l.set_result_bytes(payload.limits.result_bytes);
-            l.set_stdout_bytes(payload.limits.stdout_bytes);
-            l.set_stderr_bytes(payload.limits.stderr_bytes);
+            l.set_memory_bytes(payload.template.limits.memory_bytes);
+            l.set_timeout_ms(payload.template.limits.timeout_ms);
+            l.set_fuel(payload.template.limits.fuel);
+            l.set_result_bytes(payload.template.limits.result_bytes);
+            l.set_stdout_bytes(payload.template.limits.stdout_bytes);
+            l.set_stderr_bytes(payload.template.limits.stderr_bytes);
             let mut list_inputs = a.init_inputs(inputs.len() as u32);
             for (j, input) in inputs.iter().enumerate() {
                 let mut b = list_inputs.reborrow().get(j as u32);
@@ -422,9 +427,9 @@ fn flush(shared: &Shared) {
             let mut e = list.reborrow().get(i as u32);
             e.set_key(
                 state
-                    .owners
-                    .get(task)
-                    .map(|(_, key)| *key)
+                    .core
+                    .spec(*task)
+                    .map(|spec| spec.payload.key)
                     .unwrap_or(u64::MAX),
             );
             match event {
@@ -469,7 +474,6 @@ async fn serve(
         uploads: HashMap::new(),
         workers: HashMap::new(),
         clients: HashMap::new(),
-        owners: HashMap::new(),
         logs: HashMap::new(),
         next_id: 0,
         outbox: Outbox::default(),
@@ -866,7 +870,7 @@ impl client_session::Server for ClientSessionImpl {
             };
             let mut new_keys: HashMap<u64, TaskId> = HashMap::new();
             let mut batch = Vec::with_capacity(submissions.len() as usize);
-            let mut names: HashMap<(usize, String), Rc<str>> = HashMap::new();
+            let mut templates: HashMap<(usize, String, Limits), Rc<Template>> = HashMap::new();
             for sub in submissions.iter() {
                 let key = sub.get_key();
                 if conn.keys.contains_key(&key) || new_keys.contains_key(&key) {
@@ -932,9 +936,15 @@ impl client_session::Server for ClientSessionImpl {
                     stderr_bytes: l.get_stderr_bytes(),
                 };
                 let module_ptr = Rc::as_ptr(&module) as usize;
-                let name: Rc<str> = names
-                    .entry((module_ptr, name.to_owned()))
-                    .or_insert_with(|| Rc::from(name))
+                let template = templates
+                    .entry((module_ptr, name.to_owned(), limits))
+                    .or_insert_with(|| {
+                        Rc::new(Template {
+                            module: module.clone(),
+                            name: name.to_owned(),
+                            limits,
+                        })
+                    })
                     .clone();
                 state.next_id += 1;
                 let id = TaskId(state.next_id);
@@ -944,11 +954,7 @@ impl client_session::Server for ClientSessionImpl {
                     client: self.client,
                     args,
                     retries: sub.get_retries(),
-                    payload: Payload {
-                        module,
-                        name,
-                        limits,
-                    },
+                    payload: Payload { template, key },
                 });
             }
             state
@@ -958,7 +964,6 @@ impl client_session::Server for ClientSessionImpl {
             let conn = state.clients.get_mut(&self.client).expect("checked");
             for (key, id) in new_keys {
                 conn.keys.insert(key, id);
-                state.owners.insert(id, (self.client, key));
             }
         }
         flush(&self.shared);
@@ -1033,7 +1038,6 @@ impl client_session::Server for ClientSessionImpl {
                 else {
                     continue;
                 };
-                state.owners.remove(&task);
                 state.logs.remove(&task);
                 state.core.release(task, &mut state.outbox);
             }

@@ -122,6 +122,21 @@ impl Shared_ {
             .cloned()
     }
 
+    /// Answers a chunked fetch of one of our results (from the scheduler or a peer).
+    fn fill_chunk(
+        &self,
+        task: u64,
+        offset: u64,
+        mut chunk: wrun_proto::wrun_capnp::chunk::Builder<'_>,
+    ) -> Result<(), capnp::Error> {
+        let value = self
+            .result(task)
+            .ok_or_else(|| failed("no such result on this worker"))?;
+        chunk.set_data(chunk_at(&value, offset)?);
+        chunk.set_total(value.len() as u64);
+        Ok(())
+    }
+
     fn module(&self, digest: &[u8]) -> Option<Arc<Vec<u8>>> {
         self.modules
             .lock()
@@ -713,14 +728,11 @@ impl worker_control::Server for ControlImpl {
         mut results: worker_control::FetchResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let value = self
-            .shared
-            .result(params.get_task())
-            .ok_or_else(|| failed("no such result on this worker"))?;
-        let mut chunk = results.get().init_chunk();
-        chunk.set_data(chunk_at(&value, params.get_offset())?);
-        chunk.set_total(value.len() as u64);
-        Ok(())
+        self.shared.fill_chunk(
+            params.get_task(),
+            params.get_offset(),
+            results.get().init_chunk(),
+        )
     }
 
     async fn fetch_many(
@@ -768,13 +780,10 @@ impl peer::Server for PeerImpl {
         mut results: peer::FetchResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let value = self
-            .shared
-            .result(params.get_task())
-            .ok_or_else(|| failed("no such result on this worker"))?;
-        let mut chunk = results.get().init_chunk();
-        chunk.set_data(chunk_at(&value, params.get_offset())?);
-        chunk.set_total(value.len() as u64);
-        Ok(())
+        self.shared.fill_chunk(
+            params.get_task(),
+            params.get_offset(),
+            results.get().init_chunk(),
+        )
     }
 }
