@@ -93,6 +93,12 @@ interface ClientSession {
   logs @7 (key :UInt64) -> (stdout :Data, stderr :Data);
   # Many small results in one round trip, in the order asked.
   fetchMany @8 (keys :List(UInt64)) -> (values :List(Value));
+  # Hands these tasks to the scheduler as a named job that outlives the
+  # session (an empty name makes a new one); `adopt` takes a job into a
+  # session: its keys, and the events of the tasks already finished.
+  detach @9 (keys :List(UInt64), job :Text) -> (job :Text);
+  adopt @10 (job :Text) -> (keys :List(UInt64), finished :List(TaskEvent));
+  cancel @11 (keys :List(UInt64)) -> ();
 }
 
 struct WorkerInfo {

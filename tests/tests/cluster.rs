@@ -470,3 +470,166 @@ fn a_task_graph_file_runs_and_bad_graphs_are_rejected_before_anything_runs() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_silent_worker_is_removed_after_missed_heartbeats_and_its_tasks_run_elsewhere() {
+    let mut procs = Procs::new("heartbeat");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    procs.start(
+        "worker-a",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--name",
+            "a",
+            "--no-nanny",
+        ],
+    );
+    procs.start(
+        "worker-b",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--name",
+            "b",
+            "--no-nanny",
+        ],
+    );
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let calls = (0..400u64)
+        .map(|i| vec![json!(i).into(), json!(2000).into()])
+        .collect();
+    let futures = client.map(&module, "slow_square", calls).unwrap();
+    let victim = workers(&client)
+        .into_iter()
+        .find(|w| w["name"] == "a")
+        .unwrap();
+    wait_until("worker a to be busy", LONG, || {
+        workers(&client)
+            .iter()
+            .any(|w| w["name"] == "a" && w["running"].as_u64() > Some(0))
+    });
+    let pid = victim["pid"].as_u64().unwrap().to_string();
+    // Stopped, not dead: the connection stays open, only heartbeats tell.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped_at = Instant::now();
+    wait_until("worker a to be removed", Duration::from_secs(10), || {
+        workers(&client).len() == 1
+    });
+    let removed_after = stopped_at.elapsed();
+    assert!(
+        removed_after >= Duration::from_secs(2),
+        "removed after only {removed_after:?}"
+    );
+    let results = client.gather(&futures).unwrap();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i * i), "result {i}");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
+    eprintln!("silent worker removed {removed_after:?} after SIGSTOP");
+}
+
+#[test]
+fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() {
+    let mut procs = Procs::new("detach");
+    let file = start_local(&mut procs, 2, &[]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let f = file.to_str().unwrap();
+
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        f,
+        SEED_TASKS_WASM,
+        "--map",
+        "inc",
+        "1",
+        "2",
+        "3",
+        "--detach",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let job = out.stdout.trim().to_owned();
+    assert!(job.starts_with("job-"), "{out:#?}");
+    let status = wrun(&["status", "--scheduler-file", f]);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("detached jobs: {job} (3 tasks)")),
+        "{status:#?}"
+    );
+    let gathered = wrun(&["gather", &job, "--scheduler-file", f]);
+    assert_eq!(
+        (gathered.code, gathered.stdout.as_str()),
+        (Some(0), "2\n3\n4\n"),
+        "{gathered:#?}"
+    );
+
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        f,
+        TEST_GUESTS_WASM,
+        "--map",
+        "chatty",
+        "\"a\"",
+        "\"b\"",
+        "--detach",
+        "--job",
+        "talk",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "talk\n"),
+        "{out:#?}"
+    );
+    let logs = wrun(&["logs", "talk:1", "--scheduler-file", f]);
+    assert_eq!(
+        (logs.code, logs.stdout.as_str()),
+        (Some(0), "[stdout] out: b\n[stderr] err: b\n"),
+        "{logs:#?}"
+    );
+    let logs = wrun(&["logs", "talk", "--scheduler-file", f]);
+    assert!(
+        logs.stdout.contains("== talk:0\n[stdout] out: a\n"),
+        "{logs:#?}"
+    );
+
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        f,
+        TEST_GUESTS_WASM,
+        "spin_forever",
+        "--detach",
+        "--job",
+        "forever",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let cancelled = wrun(&["cancel", "forever", "--scheduler-file", f]);
+    assert_eq!(
+        (cancelled.code, cancelled.stdout.as_str()),
+        (Some(0), "cancelled 1 task(s) of forever\n"),
+        "{cancelled:#?}"
+    );
+    let gone = wrun(&["gather", "forever", "--scheduler-file", f]);
+    assert_eq!(gone.code, Some(2), "{gone:#?}");
+    assert!(gone.stderr.contains("no job `forever`"), "{gone:#?}");
+    let embedded = wrun(&["submit", SEED_TASKS_WASM, "add", "1", "2", "--detach"]);
+    assert_eq!(embedded.code, Some(2), "{embedded:#?}");
+}

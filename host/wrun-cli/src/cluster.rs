@@ -385,6 +385,13 @@ pub(crate) struct SubmitArgs {
     /// Runs again after a task error (errors are deterministic, so default 0).
     #[arg(long, env = "WRUN_RETRIES", default_value_t = 0)]
     pub(crate) retries: u32,
+    /// Print a job id and return; the cluster keeps the tasks for
+    /// `wrun gather JOB`, `wrun logs JOB`, `wrun cancel JOB`.
+    #[arg(long)]
+    pub(crate) detach: bool,
+    /// The job's name with --detach [default: a new job-N].
+    #[arg(long, requires = "detach")]
+    pub(crate) job: Option<String>,
     #[command(flatten)]
     pub(crate) scheduler: SchedulerArgs,
     #[command(flatten)]
@@ -519,6 +526,11 @@ fn submit_graph(args: &SubmitArgs) -> CommandResult {
 }
 
 pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
+    if args.detach && args.scheduler.target().is_none() {
+        return Err(Failure::input(anyhow!(
+            "--detach needs a cluster that outlives this command: name it with --scheduler-file or --scheduler"
+        )));
+    }
     if args.module.extension().is_some_and(|e| e == "toml") {
         return submit_graph(&args);
     }
@@ -562,6 +574,13 @@ pub(crate) fn submit(args: SubmitArgs) -> CommandResult {
         .map(|c| c.into_iter().map(Argument::from).collect())
         .collect();
     let futures = client.map(&module, &task, calls).map_err(client_failure)?;
+    if args.detach {
+        let job = client
+            .detach(futures, args.job.as_deref().unwrap_or(""))
+            .map_err(client_failure)?;
+        println!("{job}");
+        return Ok(());
+    }
     let show_progress = fan_out && std::io::stderr().is_terminal() && futures.len() > 1;
     client
         .wait_with_progress(&futures, |done, total| {
@@ -640,6 +659,13 @@ pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
         status["tasks"],
         status["queued"]
     );
+    if let Some(jobs) = status["jobs"].as_object().filter(|jobs| !jobs.is_empty()) {
+        let list: Vec<String> = jobs
+            .iter()
+            .map(|(name, count)| format!("{name} ({count} tasks)"))
+            .collect();
+        println!("detached jobs: {}", list.join(", "));
+    }
     println!(
         "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
         "id", "name", "threads", "memory", "pid", "assigned", "running"
@@ -660,5 +686,96 @@ pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
             w["running"].to_string()
         );
     }
+    Ok(())
+}
+
+fn connect_named(scheduler: &SchedulerArgs) -> Result<Client, Failure> {
+    let target = scheduler.target().ok_or_else(|| {
+        Failure::input(anyhow!(
+            "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
+        ))
+    })?;
+    Client::connect(&target, scheduler.connect_timeout).map_err(client_failure)
+}
+
+/// `wrun gather JOB`: waits for a detached job and prints its results in order.
+pub(crate) fn gather(scheduler: SchedulerArgs, job: String) -> CommandResult {
+    let client = connect_named(&scheduler)?;
+    let futures = client.adopt(&job).map_err(client_failure)?;
+    let results = client.gather(&futures).map_err(client_failure)?;
+    let mut failures = 0;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(value) => println!("{value}"),
+            Err(failure) => {
+                failures += 1;
+                println!("null");
+                eprintln!(
+                    "error: {job}:{i} failed ({}): {}",
+                    failure.kind, failure.message
+                );
+            }
+        }
+    }
+    if failures > 0 {
+        return Err(Failure::task(anyhow!(
+            "{failures} of {} task(s) failed",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `wrun logs JOB[:N]`: captured stdout and stderr of a detached job's
+/// tasks (all, or the N-th); the job stays detached.
+pub(crate) fn logs(scheduler: SchedulerArgs, task: String) -> CommandResult {
+    let (job, index) = match task.rsplit_once(':') {
+        Some((job, n)) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| Failure::input(anyhow!("`{task}`: expected JOB or JOB:N")))?;
+            (job.to_owned(), Some(n))
+        }
+        None => (task.clone(), None),
+    };
+    let client = connect_named(&scheduler)?;
+    let futures = client.adopt(&job).map_err(client_failure)?;
+    let shown = match index {
+        Some(n) if n >= futures.len() => {
+            let count = futures.len();
+            client.detach(futures, &job).map_err(client_failure)?;
+            return Err(Failure::input(anyhow!(
+                "job `{job}` has {count} task(s); there is no task {n}"
+            )));
+        }
+        Some(n) => vec![n],
+        None => (0..futures.len()).collect(),
+    };
+    let wanted: Vec<_> = shown.iter().map(|n| futures[*n].clone()).collect();
+    client.wait(&wanted).map_err(client_failure)?;
+    drop(wanted);
+    for n in shown {
+        let (stdout, stderr) = client.logs(&futures[n]).map_err(client_failure)?;
+        if index.is_none() {
+            println!("== {job}:{n}");
+        }
+        for line in String::from_utf8_lossy(&stdout).lines() {
+            println!("[stdout] {line}");
+        }
+        for line in String::from_utf8_lossy(&stderr).lines() {
+            println!("[stderr] {line}");
+        }
+    }
+    client.detach(futures, &job).map_err(client_failure)?;
+    Ok(())
+}
+
+/// `wrun cancel JOB`: stops a detached job's tasks and frees their results.
+pub(crate) fn cancel(scheduler: SchedulerArgs, job: String) -> CommandResult {
+    let client = connect_named(&scheduler)?;
+    let futures = client.adopt(&job).map_err(client_failure)?;
+    let count = futures.len();
+    client.cancel(futures).map_err(client_failure)?;
+    println!("cancelled {count} task(s) of {job}");
     Ok(())
 }

@@ -113,6 +113,27 @@ enum Command {
     /// Exit codes: 0 all succeeded, 1 a task failed, 2 usage or input error,
     /// 3 cluster unreachable.
     Submit(cluster::SubmitArgs),
+    /// Wait for a detached job (`wrun submit --detach`) and print its results in order.
+    Gather {
+        /// The job id `--detach` printed.
+        job: String,
+        #[command(flatten)]
+        scheduler: cluster::SchedulerArgs,
+    },
+    /// Print the captured stdout and stderr of a detached job's tasks.
+    Logs {
+        /// JOB for every task, or JOB:N for the N-th (from 0).
+        task: String,
+        #[command(flatten)]
+        scheduler: cluster::SchedulerArgs,
+    },
+    /// Cancel a detached job: stop its tasks and free their results.
+    Cancel {
+        /// The job id.
+        job: String,
+        #[command(flatten)]
+        scheduler: cluster::SchedulerArgs,
+    },
     /// Show the cluster's workers and tasks.
     Status {
         #[command(flatten)]
@@ -221,6 +242,9 @@ fn main() -> ExitCode {
         } => cluster::local(workers, threads, memory, host, port, scheduler_file),
         Command::Submit(args) => cluster::submit(args),
         Command::Status { scheduler, json } => cluster::status(scheduler, json),
+        Command::Gather { job, scheduler } => cluster::gather(scheduler, job),
+        Command::Logs { task, scheduler } => cluster::logs(scheduler, task),
+        Command::Cancel { job, scheduler } => cluster::cancel(scheduler, job),
         Command::Bench {
             which:
                 BenchCommand::Cluster {

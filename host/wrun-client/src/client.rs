@@ -155,10 +155,14 @@ pub struct TaskFuture {
 struct Handle {
     key: u64,
     inner: Arc<Inner>,
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
         let first = {
             let mut releases = self
                 .inner
@@ -191,6 +195,9 @@ enum TaskState {
 #[derive(Debug, Default)]
 struct Shared {
     tasks: HashMap<u64, TaskState>,
+    /// Keys in the order they finished (done or failed): waiters read what
+    /// is new since their last look instead of rescanning all their keys.
+    finished_log: Vec<u64>,
     disconnected: Option<String>,
 }
 
@@ -256,7 +263,9 @@ impl task_listener::Server for Listener {
                     message: f.get_message()?.to_str()?.to_owned(),
                 }),
             };
-            shared.tasks.insert(event.get_key(), state);
+            let key = event.get_key();
+            shared.tasks.insert(key, state);
+            shared.finished_log.push(key);
         }
         drop(shared);
         self.inner.changed.notify_all();
@@ -510,6 +519,7 @@ impl Client {
             handle: Arc::new(Handle {
                 key,
                 inner: self.inner.clone(),
+                detached: false.into(),
             }),
         }
     }
@@ -560,17 +570,25 @@ impl Client {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Vec<Result<(), TaskFailure>>, ClientError> {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending: std::collections::HashSet<u64> = futures
+            .iter()
+            .map(TaskFuture::key)
+            .filter(|key| matches!(shared.tasks.get(key), Some(TaskState::Pending)))
+            .collect();
+        let mut cursor = shared.finished_log.len();
+        let total = futures.len();
         let mut last = usize::MAX;
         loop {
-            let finished = futures
-                .iter()
-                .filter(|f| !matches!(shared.tasks.get(&f.key()), Some(TaskState::Pending)))
-                .count();
+            for key in &shared.finished_log[cursor..] {
+                pending.remove(key);
+            }
+            cursor = shared.finished_log.len();
+            let finished = total - pending.len().min(total);
             if finished != last {
-                progress(finished, futures.len());
+                progress(finished, total);
                 last = finished;
             }
-            if finished == futures.len() {
+            if pending.is_empty() {
                 break;
             }
             if let Some(reason) = &shared.disconnected {
@@ -728,6 +746,108 @@ impl Client {
         })
     }
 
+    /// Hands `futures` to the scheduler as a job named `job` (a new name when
+    /// empty) that outlives this session; returns the job's name. The handles
+    /// are consumed without releasing anything.
+    pub fn detach(&self, futures: Vec<TaskFuture>, job: &str) -> Result<String, ClientError> {
+        let keys: Vec<u64> = futures.iter().map(TaskFuture::key).collect();
+        let job = job.to_owned();
+        let name = self.call(move |session| {
+            Box::pin(async move {
+                let mut request = session.detach_request();
+                let mut list = request.get().init_keys(keys.len() as u32);
+                for (i, key) in keys.iter().enumerate() {
+                    list.set(i as u32, *key);
+                }
+                request.get().set_job(&job);
+                let response = request.send().promise.await.map_err(rpc_error)?;
+                let name = response
+                    .get()
+                    .and_then(|r| r.get_job())
+                    .map_err(rpc_error)?;
+                name.to_string()
+                    .map_err(|e| ClientError::Refused(e.to_string()))
+            })
+        })?;
+        for future in futures {
+            future.forget();
+        }
+        Ok(name)
+    }
+
+    /// Takes a detached job into this session: its futures, in submission order.
+    pub fn adopt(&self, job: &str) -> Result<Vec<TaskFuture>, ClientError> {
+        use wrun_proto::wrun_capnp::task_event::Which;
+        let job = job.to_owned();
+        let (keys, finished) = self.call(move |session| {
+            Box::pin(async move {
+                let mut request = session.adopt_request();
+                request.get().set_job(&job);
+                let response = request.send().promise.await.map_err(rpc_error)?;
+                let r = response.get().map_err(rpc_error)?;
+                let keys: Vec<u64> = r.get_keys().map_err(rpc_error)?.iter().collect();
+                let mut finished = Vec::new();
+                for event in r.get_finished().map_err(rpc_error)?.iter() {
+                    let state = match event
+                        .which()
+                        .map_err(|e| ClientError::Refused(e.to_string()))?
+                    {
+                        Which::Done(_) => TaskState::Done,
+                        Which::Failed(f) => TaskState::Failed(TaskFailure {
+                            kind: f
+                                .get_kind()
+                                .map_err(rpc_error)?
+                                .to_string()
+                                .unwrap_or_default(),
+                            message: f
+                                .get_message()
+                                .map_err(rpc_error)?
+                                .to_string()
+                                .unwrap_or_default(),
+                        }),
+                    };
+                    finished.push((event.get_key(), state));
+                }
+                Ok((keys, finished))
+            })
+        })?;
+        {
+            let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &keys {
+                shared.tasks.entry(*key).or_insert(TaskState::Pending);
+            }
+            for (key, state) in finished {
+                shared.tasks.insert(key, state);
+                shared.finished_log.push(key);
+            }
+        }
+        // Keys this session makes from now on must not collide with adopted ones.
+        if let Some(max) = keys.iter().max() {
+            self.inner.next_key.fetch_max(max + 1, Ordering::Relaxed);
+        }
+        Ok(keys.into_iter().map(|key| self.future(key)).collect())
+    }
+
+    /// Cancels tasks: stops them (and what depends on them) and frees their results.
+    pub fn cancel(&self, futures: Vec<TaskFuture>) -> Result<(), ClientError> {
+        let keys: Vec<u64> = futures.iter().map(TaskFuture::key).collect();
+        self.call(move |session| {
+            Box::pin(async move {
+                let mut request = session.cancel_request();
+                let mut list = request.get().init_keys(keys.len() as u32);
+                for (i, key) in keys.iter().enumerate() {
+                    list.set(i as u32, *key);
+                }
+                request.send().promise.await.map_err(rpc_error)?;
+                Ok(())
+            })
+        })?;
+        for future in futures {
+            future.forget();
+        }
+        Ok(())
+    }
+
     /// A lazy task graph on this client: nothing runs until [`Graph::compute`].
     pub fn graph(&self) -> Graph<'_> {
         Graph {
@@ -820,6 +940,14 @@ impl Graph<'_> {
             .map(|Delayed(i)| futures[*i].clone())
             .collect();
         client.gather(&wanted)
+    }
+}
+
+impl TaskFuture {
+    /// Drops this handle, and makes every clone drop without releasing the
+    /// task: it was detached or cancelled, so it is not ours to release.
+    fn forget(self) {
+        self.handle.detached.store(true, Ordering::Relaxed);
     }
 }
 

@@ -127,6 +127,23 @@ impl<P> Core<P> {
         self.tasks.get(&task).is_some_and(|t| t.state.is_active())
     }
 
+    /// Moves a task to another client (a detached job adopted by a new session).
+    pub fn set_client(&mut self, task: TaskId, client: crate::ClientId) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.spec.client = client;
+        }
+    }
+
+    /// `Some(Ok(size))` if the task has a result, `Some(Err(..))` if it
+    /// failed for good, `None` while it is still to be computed.
+    pub fn outcome(&self, task: TaskId) -> Option<Result<u64, Arc<Failure>>> {
+        match &self.tasks.get(&task)?.state {
+            State::Done => Some(Ok(self.tasks[&task].size)),
+            State::Failed(failure) => Some(Err(failure.clone())),
+            _ => None,
+        }
+    }
+
     /// A one-line account of a task's state, for logs and test failures.
     pub fn describe(&self, task: TaskId) -> String {
         match self.tasks.get(&task) {

@@ -270,16 +270,20 @@ impl Comm<Payload> for Outbox {
             .push((task, ClientEvent::Done(size)));
     }
     fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure) {
-        let kind = match failure {
-            Failure::Error { kind, .. } => kind.as_str(),
-            Failure::Dependency { .. } => "dependency",
-            Failure::Suspicious { .. } => "suspicious",
-            Failure::Cancelled => "cancelled",
-        };
+        let kind = failure_kind(failure);
         self.client.entry(client).or_default().push((
             task,
             ClientEvent::Failed(kind.to_owned(), failure.to_string()),
         ));
+    }
+}
+
+fn failure_kind(failure: &Failure) -> &str {
+    match failure {
+        Failure::Error { kind, .. } => kind.as_str(),
+        Failure::Dependency { .. } => "dependency",
+        Failure::Suspicious { .. } => "suspicious",
+        Failure::Cancelled => "cancelled",
     }
 }
 
@@ -301,6 +305,8 @@ struct State {
     deferred: mpsc::UnboundedSender<Deferred>,
     /// Woken whenever tasks finish, for fetches waiting on a recomputation.
     finished: Rc<tokio::sync::Notify>,
+    /// Detached jobs: tasks no session owns, by job name, in submission order.
+    jobs: HashMap<String, Vec<(u64, TaskId)>>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -448,6 +454,22 @@ fn flush(shared: &Shared) {
     }
 }
 
+/// How long the scheduler waits for a worker to answer a fetch. A worker
+/// that is stopped (not dead) keeps its connection open; the heartbeat
+/// timeout removes it, and this bounds the calls already sent to it.
+const WORKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn with_timeout<T>(
+    call: impl std::future::Future<Output = Result<T, capnp::Error>>,
+) -> Result<T, capnp::Error> {
+    match tokio::time::timeout(WORKER_CALL_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(capnp::Error::disconnected(
+            "the worker did not answer in time".to_owned(),
+        )),
+    }
+}
+
 fn spawn_call<T: 'static>(
     what: String,
     promise: impl std::future::Future<Output = Result<T, capnp::Error>> + 'static,
@@ -479,6 +501,7 @@ async fn serve(
         outbox: Outbox::default(),
         deferred: deferred_tx,
         finished: Rc::new(tokio::sync::Notify::new()),
+        jobs: HashMap::new(),
     }));
     let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
         shared: shared.clone(),
@@ -1008,7 +1031,7 @@ impl client_session::Server for ClientSessionImpl {
             let mut request = control.fetch_request();
             request.get().set_task(task.0);
             request.get().set_offset(offset);
-            match request.send().promise.await {
+            match with_timeout(request.send().promise).await {
                 Ok(response) => break response,
                 Err(error) if attempts < 100 => debug!(key, "fetch failed, retrying: {error}"),
                 Err(error) => return Err(error),
@@ -1080,6 +1103,7 @@ impl client_session::Server for ClientSessionImpl {
             "queued": state.core.queued_count(),
             "clients": state.clients.len(),
             "session_tasks": mine,
+            "jobs": state.jobs.iter().map(|(name, tasks)| (name.clone(), json!(tasks.len()))).collect::<serde_json::Map<_, _>>(),
         });
         results.get().set_json(status.to_string());
         Ok(())
@@ -1136,7 +1160,7 @@ impl client_session::Server for ClientSessionImpl {
             for (i, (_, task)) in items.iter().enumerate() {
                 list.set(i as u32, task.0);
             }
-            async move { (items, request.send().promise.await) }
+            async move { (items, with_timeout(request.send().promise).await) }
         });
         for (items, response) in futures::future::join_all(requests).await {
             let values = match &response {
@@ -1163,6 +1187,131 @@ impl client_session::Server for ClientSessionImpl {
                 Slot::Missing(reason) => value.set_missing(reason),
             }
         }
+        Ok(())
+    }
+
+    async fn detach(
+        self: CapRc<Self>,
+        params: client_session::DetachParams,
+        mut results: client_session::DetachResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let keys: Vec<u64> = params.get_keys()?.iter().collect();
+        let mut name = params.get_job()?.to_str()?.to_owned();
+        let mut state = self.shared.borrow_mut();
+        let state = &mut *state;
+        let conn = state
+            .clients
+            .get_mut(&self.client)
+            .ok_or_else(|| failed("this session is closed"))?;
+        if let Some(missing) = keys.iter().find(|k| !conn.keys.contains_key(k)) {
+            return Err(failed(format!(
+                "no task with key {missing} in this session"
+            )));
+        }
+        if name.is_empty() {
+            state.next_id += 1;
+            name = format!("job-{}", state.next_id);
+        }
+        let job = state.jobs.entry(name.clone()).or_default();
+        for key in keys {
+            let task = conn.keys.remove(&key).expect("checked");
+            job.push((key, task));
+        }
+        info!(job = %name, tasks = job.len(), "job detached");
+        results.get().set_job(&name);
+        Ok(())
+    }
+
+    async fn adopt(
+        self: CapRc<Self>,
+        params: client_session::AdoptParams,
+        mut results: client_session::AdoptResults,
+    ) -> Result<(), capnp::Error> {
+        let name = params.get()?.get_job()?.to_str()?.to_owned();
+        let mut state = self.shared.borrow_mut();
+        let state = &mut *state;
+        let Some(job) = state.jobs.get(&name) else {
+            let known: Vec<&str> = state.jobs.keys().map(String::as_str).collect();
+            return Err(failed(format!(
+                "no job `{name}`; the scheduler has: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let conn = state
+            .clients
+            .get_mut(&self.client)
+            .ok_or_else(|| failed("this session is closed"))?;
+        if let Some((key, _)) = job.iter().find(|(key, _)| conn.keys.contains_key(key)) {
+            return Err(failed(format!(
+                "key {key} of job `{name}` is already used in this session"
+            )));
+        }
+        let job = state.jobs.remove(&name).expect("checked");
+        let mut keys = results.get().init_keys(job.len() as u32);
+        for (i, (key, _)) in job.iter().enumerate() {
+            keys.set(i as u32, *key);
+        }
+        let finished: Vec<(u64, Result<u64, Rc<String>>, String)> = job
+            .iter()
+            .filter_map(|(key, task)| {
+                state.core.outcome(*task).map(|outcome| match outcome {
+                    Ok(size) => (*key, Ok(size), String::new()),
+                    Err(failure) => (
+                        *key,
+                        Err(Rc::new(failure.to_string())),
+                        failure_kind(&failure).to_owned(),
+                    ),
+                })
+            })
+            .collect();
+        for (key, task) in &job {
+            conn.keys.insert(*key, *task);
+            state.core.set_client(*task, self.client);
+        }
+        let mut events = results.get().init_finished(finished.len() as u32);
+        for (i, (key, outcome, kind)) in finished.iter().enumerate() {
+            let mut e = events.reborrow().get(i as u32);
+            e.set_key(*key);
+            match outcome {
+                Ok(size) => e.set_done(*size),
+                Err(message) => {
+                    let mut f = e.init_failed();
+                    f.set_kind(kind);
+                    f.set_message(message.as_str());
+                }
+            }
+        }
+        info!(job = %name, tasks = job.len(), "job adopted");
+        Ok(())
+    }
+
+    async fn cancel(
+        self: CapRc<Self>,
+        params: client_session::CancelParams,
+        _: client_session::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        let keys = params.get()?.get_keys()?;
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            let Some(conn) = state.clients.get_mut(&self.client) else {
+                return Err(failed("this session is closed"));
+            };
+            let tasks: Vec<TaskId> = keys
+                .iter()
+                .filter_map(|key| conn.keys.remove(&key))
+                .collect();
+            state.core.cancel(&tasks, &mut state.outbox);
+            for task in tasks {
+                state.logs.remove(&task);
+            }
+        }
+        flush(&self.shared);
         Ok(())
     }
 
