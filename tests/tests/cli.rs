@@ -284,3 +284,50 @@ fn build_prints_the_module_path_last() {
     let finished = wrun(&["build", "/nonexistent"]);
     expect(&finished, 2, "", "no Cargo.toml in /nonexistent");
 }
+
+#[test]
+fn a_config_file_sets_the_flags_and_flags_win() {
+    let path = std::env::temp_dir().join(format!("wrun-config-{}.toml", std::process::id()));
+    std::fs::write(&path, "timeout = \"150ms\"\nmax-result = \"1KiB\"\n").unwrap();
+    let config = path.to_str().unwrap();
+    let finished = wrun(&["run", TEST_GUESTS_WASM, "spin_forever", "--config", config]);
+    expect(
+        &finished,
+        1,
+        "",
+        "error: task exceeded its time limit of 150 ms",
+    );
+    let finished = wrun(&[
+        "run",
+        TEST_GUESTS_WASM,
+        "big_result",
+        "5000",
+        "--config",
+        config,
+    ]);
+    expect(&finished, 1, "", "over the limit of 1 KiB");
+    let finished = wrun(&[
+        "run",
+        TEST_GUESTS_WASM,
+        "spin_forever",
+        "--config",
+        config,
+        "--timeout",
+        "250ms",
+    ]);
+    expect(
+        &finished,
+        1,
+        "",
+        "error: task exceeded its time limit of 250 ms",
+    );
+    std::fs::write(&path, "timeout = [1]\n").unwrap();
+    let finished = wrun(&["run", TEST_GUESTS_WASM, "spin_forever", "--config", config]);
+    expect(
+        &finished,
+        2,
+        "",
+        "`timeout` must be a string, number or boolean",
+    );
+    let _ = std::fs::remove_file(path);
+}

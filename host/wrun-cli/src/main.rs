@@ -10,6 +10,7 @@ mod bench;
 mod bench_cluster;
 mod cluster;
 mod commands;
+mod config;
 mod exit;
 mod graph;
 mod limits;
@@ -26,6 +27,11 @@ use crate::limits::LimitArgs;
 #[derive(Debug, Parser)]
 #[command(name = "wrun", version, about, propagate_version = true)]
 struct Cli {
+    /// Read settings from a TOML file: each key is a flag's WRUN_* variable
+    /// without WRUN_ (`threads = 4`, `scheduler_file = "s.json"`); flags and
+    /// the environment take precedence.
+    #[arg(long, global = true, env = "WRUN_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,6 +204,15 @@ impl CacheArgs {
 }
 
 fn main() -> ExitCode {
+    // Settings from --config FILE become WRUN_* variables, which every flag
+    // falls back to; this must run before any thread starts.
+    let args = match config::apply_config_file(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WRUN_LOG")
@@ -205,7 +220,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Build { path } => commands::build(&path),
         Command::Inspect { module, json } => commands::inspect(&module, json),
