@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use thin_vec::ThinVec;
+
 use crate::{Comm, Failure, SubmitError, TaskId, TaskSpec, WorkerId};
 
 /// Tunables of the scheduling policy.
@@ -50,14 +52,14 @@ impl State {
 
 struct Task<P> {
     spec: TaskSpec<P>,
-    deps: Vec<TaskId>,
-    dependents: Vec<TaskId>,
+    deps: ThinVec<TaskId>,
+    dependents: ThinVec<TaskId>,
     state: State,
     /// Active dependents (they will read this task's result).
     pending: u32,
     /// The client still holds a handle.
     wanted: bool,
-    holders: Vec<WorkerId>,
+    holders: ThinVec<WorkerId>,
     size: u64,
     deaths: u32,
     errors: u32,
@@ -207,7 +209,7 @@ impl<P> Core<P> {
         let mut needs_refresh = false;
         for spec in batch {
             let id = spec.id;
-            let deps = spec.dependencies();
+            let deps: ThinVec<TaskId> = spec.dependencies().into_iter().collect();
             for dep in &deps {
                 self.tasks
                     .get_mut(dep)
@@ -220,11 +222,11 @@ impl<P> Core<P> {
                 Task {
                     spec,
                     deps,
-                    dependents: Vec::new(),
+                    dependents: ThinVec::new(),
                     state: State::Done, // inactive; activated just below
                     pending: 0,
                     wanted: true,
-                    holders: Vec::new(),
+                    holders: ThinVec::new(),
                     size: 0,
                     deaths: 0,
                     errors: 0,
@@ -340,7 +342,7 @@ impl<P> Core<P> {
         w.running.remove(&task);
         w.holds.insert(task);
         let t = self.tasks.get_mut(&task).expect("checked");
-        t.holders = vec![worker];
+        t.holders = thin_vec::thin_vec![worker];
         t.size = size;
         t.stealing = false;
         let client = t.spec.client;

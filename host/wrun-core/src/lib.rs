@@ -66,7 +66,7 @@ impl fmt::Display for WorkerId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arg {
     /// A MessagePack value given by the client.
-    Value(Vec<u8>),
+    Value(Box<[u8]>),
     /// The result of this task, fetched from a worker that holds it.
     Result(TaskId),
 }
@@ -80,7 +80,7 @@ pub struct TaskSpec<P> {
     /// The client that submitted it.
     pub client: ClientId,
     /// Its arguments, in order.
-    pub args: Vec<Arg>,
+    pub args: Box<[Arg]>,
     /// How many times to run it again after a task error.
     pub retries: u32,
     /// What the worker needs besides the arguments (module, task name, limits).

@@ -48,12 +48,12 @@ impl Comm<()> for TestComm {
 }
 
 fn spec(id: u64, deps: &[u64]) -> TaskSpec<()> {
-    let mut args = vec![Arg::Value(vec![0x01])];
+    let mut args = vec![Arg::Value(Box::new([0x01]))];
     args.extend(deps.iter().map(|d| Arg::Result(TaskId(*d))));
     TaskSpec {
         id: TaskId(id),
         client: ClientId(1),
-        args,
+        args: args.into(),
         retries: 0,
         payload: (),
     }

@@ -231,7 +231,7 @@ impl Comm<Payload> for Outbox {
             .args
             .iter()
             .map(|arg| match arg {
-                Arg::Value(bytes) => Input::Value(bytes.clone()),
+                Arg::Value(bytes) => Input::Value(bytes.to_vec()),
                 Arg::Result(dep) => {
                     let holder = inputs
                         .iter()
@@ -939,7 +939,7 @@ impl client_session::Server for ClientSessionImpl {
                             wrun_abi::check_value(&param.ty, &value).map_err(|mismatch| {
                                 failed(format!("task {key}: argument `{}` of task `{name}`: {mismatch}", param.name))
                             })?;
-                            Arg::Value(bytes.to_vec())
+                            Arg::Value(bytes.into())
                         }
                         Which::Result(dep) => {
                             let dep_task = conn.keys.get(&dep).or_else(|| new_keys.get(&dep)).copied().ok_or_else(|| {
@@ -975,7 +975,7 @@ impl client_session::Server for ClientSessionImpl {
                 batch.push(TaskSpec {
                     id,
                     client: self.client,
-                    args,
+                    args: args.into(),
                     retries: sub.get_retries(),
                     payload: Payload { template, key },
                 });
