@@ -4,9 +4,9 @@
 
 const protocolVersion :UInt32 = 1;
 
-# Largest chunk of a value or module in one message (4 MiB). Every reader bounds a
+# Largest chunk of a value or module in one message (8 MiB). Every reader bounds a
 # message at a few times this (traversal limit), so big values stream.
-const chunkBytes :UInt32 = 4194304;
+const chunkBytes :UInt32 = 8388608;
 
 struct Limits {
   memoryBytes @0 :UInt64;

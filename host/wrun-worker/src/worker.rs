@@ -637,6 +637,7 @@ impl worker_control::Server for ControlImpl {
                         if let PendingInput::Remote(dep, address) = input {
                             let peer = this.peer(address).await?;
                             let dep = *dep;
+                            let started = std::time::Instant::now();
                             let value = fetch_chunked(|offset| {
                                 let mut request = peer.fetch_request();
                                 request.get().set_task(dep);
@@ -649,6 +650,13 @@ impl worker_control::Server for ControlImpl {
                             })
                             .await
                             .map_err(|e| format!("fetching input t{dep} from {address}: {e}"))?;
+                            info!(
+                                target: "wrun_worker::transfer",
+                                task = dep,
+                                bytes = value.len(),
+                                micros = started.elapsed().as_micros() as u64,
+                                "fetched an input from a peer"
+                            );
                             remote.insert(dep, Arc::new(value));
                         }
                     }
