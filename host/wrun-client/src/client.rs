@@ -660,11 +660,7 @@ impl Client {
                             let mut request = session.fetch_request();
                             request.get().set_key(key);
                             request.get().set_offset(offset);
-                            async move {
-                                let response = request.send().promise.await?;
-                                let chunk = response.get()?.get_chunk()?;
-                                Ok((chunk.get_data()?.to_vec(), chunk.get_total()))
-                            }
+                            request.send().promise
                         })
                         .await;
                         (key, value)

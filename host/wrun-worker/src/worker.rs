@@ -476,11 +476,7 @@ impl ControlImpl {
                 let mut request = session.fetch_module_request();
                 request.get().set_digest(&key);
                 request.get().set_offset(offset);
-                async move {
-                    let response = request.send().promise.await?;
-                    let chunk = response.get()?.get_chunk()?;
-                    Ok((chunk.get_data()?.to_vec(), chunk.get_total()))
-                }
+                request.send().promise
             })
             .await
             .map_err(|e| format!("fetching the module: {e}"))?;
@@ -642,11 +638,7 @@ impl worker_control::Server for ControlImpl {
                                 let mut request = peer.fetch_request();
                                 request.get().set_task(dep);
                                 request.get().set_offset(offset);
-                                async move {
-                                    let response = request.send().promise.await?;
-                                    let chunk = response.get()?.get_chunk()?;
-                                    Ok((chunk.get_data()?.to_vec(), chunk.get_total()))
-                                }
+                                request.send().promise
                             })
                             .await
                             .map_err(|e| format!("fetching input t{dep} from {address}: {e}"))?;
