@@ -450,7 +450,17 @@ impl Client {
                             mismatch: mismatch.to_string(),
                         }
                     })?;
-                    SubmitArg::Value(wrun_abi::encode_value(&value))
+                    let bytes = wrun_abi::encode_value(&value);
+                    if bytes.len() > MAX_INLINE_ARGUMENT {
+                        return Err(ClientError::Refused(format!(
+                            "argument `{}` of task `{task}` is {} bytes; values passed inline are limited to {} bytes: \
+                             produce large inputs with a task and pass its future instead",
+                            param.name,
+                            bytes.len(),
+                            MAX_INLINE_ARGUMENT
+                        )));
+                    }
+                    SubmitArg::Value(bytes)
                 }
                 ArgRef::Key(key) => SubmitArg::Result(*key),
             });
@@ -549,8 +559,22 @@ impl Client {
             submissions.push(self.encode(module, task, &arg_refs(args), self.new_key())?);
         }
         let keys: Vec<u64> = submissions.iter().map(|s| s.key).collect();
-        for chunk in submissions.chunks(10_000).map(|c| c.to_vec()) {
-            self.send_submissions(chunk)?;
+        // Messages stay far below the peers' 16 MiB reader limit.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for submission in submissions {
+            let size = submission.encoded_size();
+            if !batch.is_empty()
+                && (batch.len() >= 10_000 || batch_bytes + size > SUBMIT_BATCH_BYTES)
+            {
+                self.send_submissions(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(submission);
+        }
+        if !batch.is_empty() {
+            self.send_submissions(batch)?;
         }
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
     }
@@ -857,6 +881,26 @@ impl Client {
 enum SubmitArg {
     Value(Vec<u8>),
     Result(u64),
+}
+
+/// Bytes of submissions per message.
+const SUBMIT_BATCH_BYTES: usize = 4 << 20;
+/// The largest argument passed by value (inside the submit message).
+const MAX_INLINE_ARGUMENT: usize = 8 << 20;
+
+impl Submission {
+    /// Roughly what the submission takes in a message.
+    fn encoded_size(&self) -> usize {
+        64 + self.task.len()
+            + self
+                .args
+                .iter()
+                .map(|a| match a {
+                    SubmitArg::Value(bytes) => 16 + bytes.len(),
+                    SubmitArg::Result(_) => 16,
+                })
+                .sum::<usize>()
+    }
 }
 
 #[derive(Debug, Clone)]
