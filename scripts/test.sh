@@ -7,7 +7,12 @@ scripts/setup.sh
 # One profile for everything (wasmtime is ~10x slower in debug, STACK.md).
 # The end-to-end tests run the real `wrun` binary, so build it first.
 cargo build --release --workspace --bins
-cargo test --release --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 echo "lint: cargo fmt and clippy clean"
+# One closing line with the totals of every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
