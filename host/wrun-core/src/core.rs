@@ -479,10 +479,12 @@ impl<P> Core<P> {
                 }
             }
         }
+        // One pass over the ready queue, not one per cancelled task: a client
+        // leaving with 100k queued tasks must not stall the scheduler.
+        self.ready.retain(|r| !closure.contains(r));
         for task in &closure {
             let t = &self.tasks[task];
             match t.state {
-                State::Ready => self.ready.retain(|r| r != task),
                 State::Assigned(worker) => {
                     if let Some(w) = self.workers.get_mut(&worker) {
                         w.assigned.remove(task);

@@ -567,3 +567,22 @@ proptest! {
         let _ = C;
     }
 }
+
+#[test]
+fn cancelling_many_queued_tasks_is_one_pass() {
+    let mut env = Env::new(4);
+    let batch: Vec<_> = (0..100_000).map(|i| spec(i, &[])).collect();
+    env.submit(batch);
+    assert_eq!(env.core.queued_count(), 100_000);
+    let started = Instant::now();
+    let all: Vec<TaskId> = (0..100_000).map(t).collect();
+    env.core.cancel(&all, &mut env.comm);
+    // Quadratic removal took minutes here; one pass takes milliseconds.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.core.task_count(), 0);
+    env.said();
+}
