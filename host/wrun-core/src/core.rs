@@ -484,15 +484,12 @@ impl<P> Core<P> {
         self.ready.retain(|r| !closure.contains(r));
         for task in &closure {
             let t = &self.tasks[task];
-            match t.state {
-                State::Assigned(worker) => {
-                    if let Some(w) = self.workers.get_mut(&worker) {
-                        w.assigned.remove(task);
-                        w.running.remove(task);
-                    }
-                    comm.cancel(worker, *task);
+            if let State::Assigned(worker) = t.state {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.assigned.remove(task);
+                    w.running.remove(task);
                 }
-                _ => {}
+                comm.cancel(worker, *task);
             }
             for holder in t.holders.clone() {
                 if let Some(w) = self.workers.get_mut(&holder) {
