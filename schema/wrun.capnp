@@ -107,6 +107,8 @@ struct WorkerInfo {
   memoryBytes @2 :UInt64;
   peerAddress @3 :Text;     # host:port where peers fetch results
   pid @4 :UInt32;
+  slurmJobId @5 :Text;      # the Slurm job the worker runs in ("" if none)
+  endTimeMs @6 :UInt64;     # when the worker will be stopped (Unix ms; 0: no known end)
 }
 
 # An input of an assigned task.
@@ -145,6 +147,7 @@ struct WorkerEvent {
       stderr @8 :Data;
     }
     stolen @9 :Bool;        # answer to a steal: true if given back
+    replicated @10 :Bool;   # answer to a replicate: true if the copy is here
   }
 }
 
@@ -152,6 +155,10 @@ interface WorkerSession {
   events @0 (events :List(WorkerEvent)) -> ();
   heartbeat @1 () -> ();
   fetchModule @2 (digest :Data, offset :UInt64) -> (chunk :Chunk);
+  # The worker is leaving (walltime ahead, or SIGTERM): the scheduler sends
+  # it no more tasks, takes back its queued ones and has peers copy the
+  # results only it holds. Returns once the worker can leave losing nothing.
+  retire @3 () -> ();
 }
 
 # Implemented by each worker; the scheduler commands it through this.
@@ -162,6 +169,13 @@ interface WorkerControl {
   free @3 (tasks :List(UInt64)) -> ();
   fetch @4 (task :UInt64, offset :UInt64) -> (chunk :Chunk);
   fetchMany @5 (tasks :List(UInt64)) -> (values :List(Value));
+  # Copy these results from retiring peers; each answered by a `replicated` event.
+  replicate @6 (copies :List(Copy)) -> ();
+}
+
+struct Copy {
+  task @0 :UInt64;
+  address @1 :Text;         # the peer that holds it
 }
 
 # What a worker serves to its peers on its peer address.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow};
 use clap::Args;
@@ -73,7 +73,7 @@ fn wait_for_signal() {
 }
 
 /// A flag set by SIGINT or SIGTERM, watched from a background thread.
-fn stop_flag() -> Arc<AtomicBool> {
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     std::thread::spawn(move || {
@@ -114,9 +114,25 @@ pub(crate) struct WorkerArgs {
     /// Run the worker in this process, without a nanny to restart it.
     #[arg(long, env = "WRUN_NO_NANNY")]
     pub(crate) no_nanny: bool,
-    /// Interface that peers use to fetch this worker's results.
+    /// Address that peers use to fetch this worker's results; `auto` picks
+    /// the address of this node's host name.
     #[arg(long, env = "WRUN_PEER_HOST", default_value = "127.0.0.1")]
     pub(crate) peer_host: String,
+    /// Network interface for peers (e.g. ib0); overrides --peer-host.
+    #[arg(long, env = "WRUN_INTERFACE")]
+    pub(crate) interface: Option<String>,
+    /// Stop after this long (retiring first), like dask-worker --lifetime.
+    /// Under Slurm the job's own end time is used without it.
+    #[arg(long, env = "WRUN_LIFETIME", value_parser = parse_duration)]
+    pub(crate) lifetime: Option<Duration>,
+    /// How long before its end time the worker retires: stops taking tasks
+    /// and hands its results to peers.
+    #[arg(long, env = "WRUN_RETIRE_MARGIN", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) retire_margin: Duration,
+    /// On SIGTERM or SIGINT the worker retires and leaves within this long
+    /// (Slurm kills KillWait, 30 s by default, after its SIGTERM).
+    #[arg(long, env = "WRUN_RETIRE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) retire_timeout: Duration,
     /// Exit when the parent process dies (`wrun local` and the nanny pass it).
     #[arg(long, hide = true)]
     pub(crate) exit_with_parent: bool,
@@ -158,6 +174,27 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, Failure> {
             )));
         }
     };
+    let peer_host = match (&args.interface, args.peer_host.as_str()) {
+        (Some(interface), _) => wrun_slurm::address_of_interface(interface)
+            .map_err(|e| Failure::input(anyhow!(e)))?
+            .to_string(),
+        (None, "auto") => wrun_slurm::default_address().to_string(),
+        (None, host) => host.to_owned(),
+    };
+    let slurm_job_id = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .filter(|id| !id.is_empty());
+    let end_time = match (args.lifetime, &slurm_job_id) {
+        (Some(lifetime), _) => Some(SystemTime::now() + lifetime),
+        (None, Some(job)) => match wrun_slurm::time_left(job) {
+            Ok(left) => left.map(|left| SystemTime::now() + left),
+            Err(error) => {
+                tracing::warn!("cannot learn the end of Slurm job {job}: {error}");
+                None
+            }
+        },
+        (None, None) => None,
+    };
     Ok(WorkerConfig {
         scheduler,
         threads: args.threads.max(1),
@@ -167,8 +204,12 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, Failure> {
             .clone()
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         connect_timeout: args.scheduler.connect_timeout,
-        peer_host: args.peer_host.clone(),
+        peer_host,
         sandbox: SandboxConfig::default(),
+        end_time,
+        retire_margin: args.retire_margin,
+        retire_on_signal: Some(args.retire_timeout),
+        slurm_job_id,
     })
 }
 
@@ -181,10 +222,22 @@ pub(crate) fn worker(args: WorkerArgs) -> CommandResult {
         return nanny(&args);
     }
     eprintln!(
-        "wrun worker {}: {} thread(s), joining the scheduler",
-        config.name, config.threads
+        "wrun worker {}: {} thread(s), joining the scheduler{}",
+        config.name,
+        config.threads,
+        match config
+            .end_time
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        {
+            Some(left) => format!(
+                "; ends in {}, retires {} before",
+                wrun_slurm::format_duration(left),
+                wrun_slurm::format_duration(config.retire_margin)
+            ),
+            None => String::new(),
+        }
     );
-    wrun_worker::run_worker(config).map_err(|error| match error {
+    let departure = wrun_worker::run_worker(config).map_err(|error| match error {
         wrun_worker::WorkerError::Connect(_) | wrun_worker::WorkerError::Disconnected(_) => {
             Failure {
                 code: 3,
@@ -192,7 +245,16 @@ pub(crate) fn worker(args: WorkerArgs) -> CommandResult {
             }
         }
         other => Failure::input(other),
-    })
+    })?;
+    eprintln!(
+        "wrun worker: {}",
+        match departure {
+            wrun_worker::Departure::Retired => "retired; its tasks and results were handed over",
+            wrun_worker::Departure::RetiredUnconfirmed =>
+                "retired without confirmation; the scheduler recomputes what was lost",
+        }
+    );
+    Ok(())
 }
 
 /// The resident set size of a process, from /proc.
@@ -228,8 +290,9 @@ fn nanny(args: &WorkerArgs) -> CommandResult {
             .context("starting the worker process")?;
         let reason = loop {
             if stop.load(Ordering::SeqCst) {
+                // The worker retires on SIGTERM; give it the time it asks for.
                 signal(&child, nix::sys::signal::Signal::SIGTERM);
-                let deadline = Instant::now() + Duration::from_secs(5);
+                let deadline = Instant::now() + args.retire_timeout + Duration::from_secs(5);
                 while Instant::now() < deadline {
                     if child.try_wait().ok().flatten().is_some() {
                         return Ok(());
@@ -241,6 +304,10 @@ fn nanny(args: &WorkerArgs) -> CommandResult {
                 return Ok(());
             }
             if let Some(status) = child.try_wait().context("watching the worker")? {
+                if status.success() {
+                    // It retired (end time reached): nothing to restart.
+                    return Ok(());
+                }
                 break format!("worker exited ({status})");
             }
             if let Some(rss) = rss_bytes(child.id())
@@ -354,6 +421,11 @@ fn embedded_cluster() -> Result<(Embedded, Target), Failure> {
         connect_timeout: Duration::from_secs(10),
         peer_host: "127.0.0.1".to_owned(),
         sandbox: SandboxConfig::default(),
+        end_time: None,
+        retire_margin: Duration::ZERO,
+        // In-process: the command's own Ctrl-C handling ends it.
+        retire_on_signal: None,
+        slurm_job_id: None,
     };
     std::thread::Builder::new()
         .name("wrun-embedded-worker".to_owned())
@@ -666,24 +738,54 @@ pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
             .collect();
         println!("detached jobs: {}", list.join(", "));
     }
+    if status["recomputed"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "{} result(s) were lost with workers and computed again",
+            status["recomputed"]
+        );
+    }
     println!(
-        "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
-        "id", "name", "threads", "memory", "pid", "assigned", "running"
+        "{:<6} {:<20} {:>7} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
+        "id",
+        "name",
+        "threads",
+        "memory",
+        "pid",
+        "assigned",
+        "running",
+        "slurm job",
+        "walltime left"
     );
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     for w in workers {
         let memory = w["memory_bytes"]
             .as_u64()
             .map(wrun_sandbox::humanize_bytes)
             .unwrap_or_default();
+        let left = w["end_time_ms"]
+            .as_u64()
+            .map(|end| {
+                wrun_slurm::format_duration(Duration::from_millis(end.saturating_sub(now_ms)))
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        let mut name = w["name"].as_str().unwrap_or("").to_owned();
+        if w["retiring"].as_bool() == Some(true) {
+            name.push_str(" (retiring)");
+        }
         println!(
-            "{:<6} {:<16} {:>7} {:>10} {:>9} {:>8} {:>8}",
+            "{:<6} {:<20} {:>7} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
             w["id"].to_string(),
-            w["name"].as_str().unwrap_or(""),
+            name,
             w["threads"].to_string(),
             memory,
             w["pid"].to_string(),
             w["assigned"].to_string(),
-            w["running"].to_string()
+            w["running"].to_string(),
+            w["slurm_job_id"].as_str().unwrap_or("-"),
+            left
         );
     }
     Ok(())

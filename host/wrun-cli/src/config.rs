@@ -5,7 +5,8 @@
 //! them. So the precedence is: flag, then environment, then file, then
 //! default. A key is the variable's name without `WRUN_`, in any case, with
 //! `-` or `_`: `threads = 4`, `scheduler_file = "sched.json"`,
-//! `timeout = "10s"`, `worker-memory = "8GiB"`.
+//! `timeout = "10s"`, `worker-memory = "8GiB"`. A list of strings feeds a
+//! repeatable flag: `slurm_extra_directives = ["--gres=gpu:1", "--exclusive"]`.
 
 use std::path::Path;
 
@@ -46,9 +47,15 @@ fn apply(path: &Path) -> anyhow::Result<()> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(x) => x.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // Lists feed repeatable flags, which split their variable at newlines.
+            toml::Value::Array(items) if items.iter().all(|i| i.is_str()) => items
+                .iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
             other => {
                 return Err(anyhow!(
-                    "{}: `{key}` must be a string, number or boolean, not {}",
+                    "{}: `{key}` must be a string, number, boolean or list of strings, not {}",
                     path.display(),
                     other.type_str()
                 ));

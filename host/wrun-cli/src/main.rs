@@ -14,6 +14,7 @@ mod config;
 mod exit;
 mod graph;
 mod limits;
+mod slurm;
 mod units;
 
 use std::path::PathBuf;
@@ -148,6 +149,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Workers as Slurm batch jobs (dask-jobqueue's SLURMCluster):
+    /// up, job-script, scale, adapt, down.
+    Slurm {
+        #[command(subcommand)]
+        command: slurm::SlurmCommand,
+    },
     /// Measure wrun and print a table, then one JSON line.
     Bench {
         #[command(subcommand)]
@@ -260,6 +267,7 @@ fn main() -> ExitCode {
         Command::Gather { job, scheduler } => cluster::gather(scheduler, job),
         Command::Logs { task, scheduler } => cluster::logs(scheduler, task),
         Command::Cancel { job, scheduler } => cluster::cancel(scheduler, job),
+        Command::Slurm { command } => slurm::run(command),
         Command::Bench {
             which:
                 BenchCommand::Cluster {

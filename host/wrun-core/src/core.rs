@@ -72,6 +72,8 @@ struct Worker {
     running: BTreeSet<TaskId>,
     holds: BTreeSet<TaskId>,
     last_seen: Instant,
+    /// Leaving gracefully: takes no new tasks; its results go to peers.
+    retiring: bool,
 }
 
 /// The scheduling state machine; see the crate docs for the policy.
@@ -80,6 +82,10 @@ pub struct Core<P> {
     tasks: HashMap<TaskId, Task<P>>,
     workers: BTreeMap<WorkerId, Worker>,
     ready: VecDeque<TaskId>,
+    /// Results being copied off retiring workers: task -> (from, to).
+    handoffs: BTreeMap<TaskId, (WorkerId, WorkerId)>,
+    /// Results that were lost with a worker and had to be computed again.
+    recomputed: u64,
 }
 
 impl<P> Core<P> {
@@ -90,7 +96,30 @@ impl<P> Core<P> {
             tasks: HashMap::new(),
             workers: BTreeMap::new(),
             ready: VecDeque::new(),
+            handoffs: BTreeMap::new(),
+            recomputed: 0,
         }
+    }
+
+    /// How many results were lost with a worker and computed again.
+    pub fn recomputed(&self) -> u64 {
+        self.recomputed
+    }
+
+    /// Whether the worker is retiring (see [`Core::retire_worker`]).
+    pub fn is_retiring(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| w.retiring)
+    }
+
+    /// Whether a retiring worker may leave now without losing anything: it
+    /// has no tasks and every result only it held was copied to a peer (or
+    /// there is no peer to copy to).
+    pub fn retirement_complete(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| {
+            w.retiring
+                && w.assigned.is_empty()
+                && !self.handoffs.values().any(|(from, _)| *from == worker)
+        })
     }
 
     /// Number of tasks the core knows (any state).
@@ -277,9 +306,122 @@ impl<P> Core<P> {
                 running: BTreeSet::new(),
                 holds: BTreeSet::new(),
                 last_seen: now,
+                retiring: false,
             },
         );
+        // Retiring workers with nowhere to put their results have a peer now.
+        let retiring: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring)
+            .map(|(id, _)| *id)
+            .collect();
+        for worker in retiring {
+            self.hand_off(worker, comm);
+        }
         self.schedule(comm);
+    }
+
+    /// The worker is leaving (walltime ahead, or asked to stop): it gets no
+    /// new tasks, its queued tasks are taken back, and the results only it
+    /// holds are copied to peers. It may leave once
+    /// [`Core::retirement_complete`] says so; leaving then costs nothing.
+    pub fn retire_worker(&mut self, worker: WorkerId, comm: &mut impl Comm<P>) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.retiring = true;
+        let queued: Vec<TaskId> = w
+            .assigned
+            .iter()
+            .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
+            .copied()
+            .collect();
+        for task in &queued {
+            self.tasks.get_mut(task).expect("assigned").stealing = true;
+        }
+        if !queued.is_empty() {
+            comm.steal(worker, &queued);
+        }
+        self.hand_off(worker, comm);
+        self.schedule(comm);
+    }
+
+    /// Starts copying each needed result that only `worker` holds to the
+    /// least-loaded worker that is staying.
+    fn hand_off(&mut self, worker: WorkerId, comm: &mut impl Comm<P>) {
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
+        let sole: Vec<TaskId> = w
+            .holds
+            .iter()
+            .filter(|task| {
+                let t = &self.tasks[*task];
+                t.holders.len() == 1 && Self::needed(t) && !self.handoffs.contains_key(*task)
+            })
+            .copied()
+            .collect();
+        for task in sole {
+            let target = self
+                .workers
+                .iter()
+                .filter(|(id, w)| **id != worker && !w.retiring)
+                .min_by_key(|(id, w)| (w.holds.len(), **id))
+                .map(|(id, _)| *id);
+            let Some(target) = target else {
+                return;
+            };
+            self.handoffs.insert(task, (worker, target));
+            // Counted as held by the target from now on for balance only.
+            comm.replicate(target, task, worker);
+        }
+    }
+
+    /// `worker` copied (`ok`) or failed to copy `task`'s result from a
+    /// retiring peer, as asked by [`Comm::replicate`].
+    pub fn replicated(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        ok: bool,
+        comm: &mut impl Comm<P>,
+    ) {
+        let Some((from, to)) = self.handoffs.get(&task).copied() else {
+            if ok {
+                comm.free(worker, task);
+            }
+            return;
+        };
+        if to != worker {
+            if ok {
+                comm.free(worker, task);
+            }
+            return;
+        }
+        self.handoffs.remove(&task);
+        let keep = ok
+            && self.workers.contains_key(&worker)
+            && self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.state == State::Done && Self::needed(t));
+        if keep {
+            let t = self.tasks.get_mut(&task).expect("checked");
+            if !t.holders.contains(&worker) {
+                t.holders.push(worker);
+            }
+            self.workers
+                .get_mut(&worker)
+                .expect("checked")
+                .holds
+                .insert(task);
+        } else if ok {
+            comm.free(worker, task);
+        } else if self.workers.get(&from).is_some_and(|w| w.retiring) {
+            // Try once more, possibly to another peer.
+            self.hand_off(from, comm);
+        }
     }
 
     /// The worker is alive.
@@ -355,6 +497,9 @@ impl<P> Core<P> {
             }
         }
         self.maybe_free(task, comm);
+        if self.is_retiring(worker) {
+            self.hand_off(worker, comm);
+        }
         self.schedule(comm);
     }
 
@@ -425,7 +570,15 @@ impl<P> Core<P> {
                 t.holders.retain(|h| *h != worker);
             }
         }
-        let max_deaths = self.config.max_deaths;
+        // Copies from or to it will not complete.
+        self.handoffs
+            .retain(|_, (from, to)| *from != worker && *to != worker);
+        // A worker that retired was not killed by its tasks.
+        let max_deaths = if w.retiring {
+            u32::MAX
+        } else {
+            self.config.max_deaths
+        };
         for task in w.assigned {
             let Some(t) = self.tasks.get_mut(&task) else {
                 continue;
@@ -434,7 +587,7 @@ impl<P> Core<P> {
                 continue;
             }
             t.stealing = false;
-            if w.running.contains(&task) {
+            if w.running.contains(&task) && max_deaths != u32::MAX {
                 t.deaths += 1;
                 if t.deaths >= max_deaths {
                     let deaths = t.deaths;
@@ -445,6 +598,17 @@ impl<P> Core<P> {
             let t = self.tasks.get_mut(&task).expect("present");
             t.state = State::Ready;
             self.ready.push_front(task);
+        }
+        // Retiring workers may now be the only holders of results the
+        // removed worker also had, and copies to it must go elsewhere.
+        let retiring: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring)
+            .map(|(id, _)| *id)
+            .collect();
+        for from in retiring {
+            self.hand_off(from, comm);
         }
         self.refresh(comm);
         self.schedule(comm);
@@ -647,6 +811,7 @@ impl<P> Core<P> {
                 .filter(|(_, t)| t.state == State::Done && t.holders.is_empty() && Self::needed(t))
                 .map(|(id, _)| *id)
                 .collect();
+            self.recomputed += lost.len() as u64;
             for task in &lost {
                 self.set_state(*task, State::Waiting, comm);
             }
@@ -709,7 +874,7 @@ impl<P> Core<P> {
             let mut best: Option<(WorkerId, u64, usize)> = None;
             for (id, w) in &self.workers {
                 let queued = w.assigned.len();
-                if queued >= w.slots as usize * per_slot {
+                if w.retiring || queued >= w.slots as usize * per_slot {
                     continue;
                 }
                 let local_bytes: u64 = deps
@@ -761,7 +926,7 @@ impl<P> Core<P> {
         let idle: Vec<(WorkerId, usize)> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.assigned.len() < w.slots as usize)
+            .filter(|(_, w)| !w.retiring && w.assigned.len() < w.slots as usize)
             .map(|(id, w)| (*id, w.assigned.len()))
             .collect();
         for (thief, thief_load) in idle {
@@ -860,6 +1025,16 @@ impl<P> Core<P> {
             if !matches!(t.state, State::Done) {
                 assert!(t.holders.is_empty(), "{id} not done but held");
             }
+        }
+        for (task, (from, to)) in &self.handoffs {
+            assert!(
+                self.workers.get(from).is_some_and(|w| w.retiring),
+                "{task} handed off from {from}, which is not retiring"
+            );
+            assert!(
+                self.workers.contains_key(to),
+                "{task} handed to unknown {to}"
+            );
         }
         for (id, w) in &self.workers {
             for task in &w.assigned {

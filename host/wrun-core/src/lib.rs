@@ -166,6 +166,9 @@ pub trait Comm<P> {
     fn cancel(&mut self, worker: WorkerId, task: TaskId);
     /// `worker` may drop its copy of `task`'s result.
     fn free(&mut self, worker: WorkerId, task: TaskId);
+    /// `to` should copy `task`'s result from `from`, which is retiring
+    /// (answered with [`Core::replicated`]).
+    fn replicate(&mut self, to: WorkerId, task: TaskId, from: WorkerId);
     /// `task` of `client` has a result, `size` bytes, on `worker`.
     fn done(&mut self, client: ClientId, task: TaskId, worker: WorkerId, size: u64);
     /// `task` of `client` failed for good.

@@ -16,6 +16,7 @@ enum Said {
     Steal(WorkerId, Vec<TaskId>),
     Cancel(WorkerId, TaskId),
     Free(WorkerId, TaskId),
+    Replicate(WorkerId, TaskId, WorkerId),
     Done(TaskId, WorkerId),
     Failed(TaskId, String),
 }
@@ -38,6 +39,9 @@ impl Comm<()> for TestComm {
     }
     fn free(&mut self, worker: WorkerId, task: TaskId) {
         self.said.push(Said::Free(worker, task));
+    }
+    fn replicate(&mut self, to: WorkerId, task: TaskId, from: WorkerId) {
+        self.said.push(Said::Replicate(to, task, from));
     }
     fn done(&mut self, _client: ClientId, task: TaskId, worker: WorkerId, _size: u64) {
         self.said.push(Said::Done(task, worker));
@@ -367,6 +371,10 @@ enum Step {
     AnswerSteal(bool),
     Release(u64),
     Tick(u64),
+    /// Worker (by index) starts retiring.
+    Retire(usize),
+    /// Answer a pending copy request.
+    AnswerReplicate(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -378,6 +386,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<bool>().prop_map(Step::AnswerSteal),
         1 => (0u64..40).prop_map(Step::Release),
         1 => (0u64..2000).prop_map(Step::Tick),
+        1 => (0usize..4).prop_map(Step::Retire),
+        2 => any::<bool>().prop_map(Step::AnswerReplicate),
     ]
 }
 
@@ -410,6 +420,7 @@ struct World {
     env: Env,
     queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
     steals: VecDeque<(WorkerId, TaskId)>,
+    copies: VecDeque<(WorkerId, TaskId)>,
     next_worker: u64,
     done: BTreeMap<TaskId, u32>,
     failed: BTreeMap<TaskId, String>,
@@ -436,8 +447,27 @@ impl World {
                 Said::Failed(task, message) => {
                     self.failed.insert(task, message);
                 }
+                Said::Replicate(to, task, _) => self.copies.push_back((to, task)),
                 Said::Free(..) => {}
             }
+        }
+        // A retired worker leaves as soon as it may.
+        let leaving = self
+            .queues
+            .keys()
+            .copied()
+            .find(|w| self.env.core.retirement_complete(*w));
+        if let Some(worker) = leaving {
+            self.queues.remove(&worker);
+            let before = self.env.core.recomputed();
+            self.env.core.remove_worker(worker, &mut self.env.comm);
+            // Leaving after a complete retirement loses no result a peer could take.
+            let peers = self.queues.keys().any(|w| !self.env.core.is_retiring(*w));
+            assert!(
+                !peers || self.env.core.recomputed() == before,
+                "{worker} retired but results were recomputed"
+            );
+            self.absorb();
         }
     }
 
@@ -450,7 +480,9 @@ impl World {
 
     fn apply(&mut self, step: &Step) {
         let chosen = match *step {
-            Step::RemoveWorker(i) | Step::Progress(i) | Step::FailOne(i) => self.worker_at(i),
+            Step::RemoveWorker(i) | Step::Progress(i) | Step::FailOne(i) | Step::Retire(i) => {
+                self.worker_at(i)
+            }
             _ => None,
         };
         let env = &mut self.env;
@@ -495,6 +527,17 @@ impl World {
                 }
             }
             Step::Release(id) => env.core.release(t(id), &mut env.comm),
+            Step::Retire(_) => {
+                if let Some(worker) = chosen {
+                    env.core.retire_worker(worker, &mut env.comm);
+                }
+            }
+            Step::AnswerReplicate(ok) => {
+                if let Some((worker, task)) = self.copies.pop_front() {
+                    let ok = ok && self.queues.contains_key(&worker);
+                    env.core.replicated(worker, task, ok, &mut env.comm);
+                }
+            }
             Step::Tick(ms) => {
                 env.now += Duration::from_millis(ms);
                 for worker in self.queues.keys().copied().collect::<Vec<_>>() {
@@ -518,6 +561,7 @@ proptest! {
             env: Env::new(2),
             queues: BTreeMap::new(),
             steals: VecDeque::new(),
+            copies: VecDeque::new(),
             next_worker: 0,
             done: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -541,6 +585,8 @@ proptest! {
                 world.apply(&Step::Progress(*i));
             } else if !world.steals.is_empty() {
                 world.apply(&Step::AnswerSteal(false));
+            } else if !world.copies.is_empty() {
+                world.apply(&Step::AnswerReplicate(true));
             } else {
                 break;
             }
@@ -585,4 +631,91 @@ fn cancelling_many_queued_tasks_is_one_pass() {
     );
     assert_eq!(env.core.task_count(), 0);
     env.said();
+}
+
+#[test]
+fn a_retiring_worker_gives_back_its_queue_and_hands_its_results_to_a_peer() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    // 0 and 1 are inputs of 2; 3..=5 queue up behind them on worker 1.
+    env.submit(vec![
+        spec(0, &[]),
+        spec(1, &[]),
+        spec(2, &[0, 1]),
+        spec(3, &[]),
+        spec(4, &[]),
+    ]);
+    env.said();
+    env.finish(1, 0, 100);
+    env.core.task_started(w(1), t(1));
+    env.said();
+    env.worker(2, 1);
+    env.said();
+    env.core.retire_worker(w(1), &mut env.comm);
+    let said = env.said();
+    // The queued tasks are asked back (4 was stolen when worker 2 joined),
+    // the result only it holds is copied.
+    assert!(said.contains(&Said::Steal(w(1), vec![t(3)])), "{said:?}");
+    assert!(
+        said.contains(&Said::Replicate(w(2), t(0), w(1))),
+        "{said:?}"
+    );
+    assert!(!env.core.retirement_complete(w(1)));
+    env.core.steal_response(w(1), t(3), true, &mut env.comm);
+    env.core.steal_response(w(1), t(4), true, &mut env.comm);
+    let said = env.said();
+    // Given-back work goes to the staying worker only.
+    assert!(
+        said.iter()
+            .all(|s| !matches!(s, Said::Assign(w, ..) if *w == WorkerId(1))),
+        "{said:?}"
+    );
+    env.core.replicated(w(2), t(0), true, &mut env.comm);
+    assert_eq!(env.core.holders(t(0)), &[w(1), w(2)]);
+    // The running task finishes; its result is copied too.
+    env.core.task_finished(w(1), t(1), 8, &mut env.comm);
+    let said = env.said();
+    assert!(
+        said.contains(&Said::Replicate(w(2), t(1), w(1))),
+        "{said:?}"
+    );
+    assert!(!env.core.retirement_complete(w(1)));
+    env.core.replicated(w(2), t(1), true, &mut env.comm);
+    assert!(env.core.retirement_complete(w(1)));
+    env.core.remove_worker(w(1), &mut env.comm);
+    env.said();
+    assert_eq!(env.core.recomputed(), 0);
+    assert!(!env.core.is_active(t(0)) && !env.core.is_active(t(1)));
+}
+
+#[test]
+fn a_retiring_worker_does_not_count_deaths_and_a_lost_copy_is_asked_again() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.worker(2, 1);
+    env.worker(3, 1);
+    env.submit(vec![spec(0, &[])]);
+    env.said();
+    env.finish(1, 0, 10);
+    env.said();
+    env.core.retire_worker(w(1), &mut env.comm);
+    let said = env.said();
+    let target = said
+        .iter()
+        .find_map(|s| match s {
+            Said::Replicate(to, task, _) if *task == t(0) => Some(*to),
+            _ => None,
+        })
+        .expect("a copy asked");
+    // The target dies: the copy is asked of the other peer.
+    env.core.remove_worker(target, &mut env.comm);
+    let said = env.said();
+    let other = if target == w(2) { w(3) } else { w(2) };
+    assert!(
+        said.contains(&Said::Replicate(other, t(0), w(1))),
+        "{said:?}"
+    );
+    env.core.replicated(other, t(0), true, &mut env.comm);
+    assert!(env.core.retirement_complete(w(1)));
+    assert_eq!(env.core.recomputed(), 0);
 }

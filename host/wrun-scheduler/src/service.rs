@@ -192,6 +192,8 @@ struct WorkerConn {
     memory_bytes: u64,
     peer_address: String,
     pid: u32,
+    slurm_job_id: String,
+    end_time_ms: u64,
 }
 
 struct ClientConn {
@@ -217,6 +219,7 @@ struct Outbox {
     steal: BTreeMap<WorkerId, Vec<TaskId>>,
     cancel: BTreeMap<WorkerId, Vec<TaskId>>,
     free: BTreeMap<WorkerId, Vec<TaskId>>,
+    replicate: BTreeMap<WorkerId, Vec<(TaskId, WorkerId)>>,
     client: BTreeMap<ClientId, Vec<(TaskId, ClientEvent)>>,
 }
 
@@ -263,6 +266,9 @@ impl Comm<Payload> for Outbox {
     fn free(&mut self, worker: WorkerId, task: TaskId) {
         self.free.entry(worker).or_default().push(task);
     }
+    fn replicate(&mut self, to: WorkerId, task: TaskId, from: WorkerId) {
+        self.replicate.entry(to).or_default().push((task, from));
+    }
     fn done(&mut self, client: ClientId, task: TaskId, _worker: WorkerId, size: u64) {
         self.client
             .entry(client)
@@ -305,6 +311,9 @@ struct State {
     deferred: mpsc::UnboundedSender<Deferred>,
     /// Woken whenever tasks finish, for fetches waiting on a recomputation.
     finished: Rc<tokio::sync::Notify>,
+    /// Woken after every batch of worker events and every worker removal,
+    /// for retirements waiting to complete.
+    progress: Rc<tokio::sync::Notify>,
     /// Detached jobs: tasks no session owns, by job name, in submission order.
     jobs: HashMap<String, Vec<(u64, TaskId)>>,
 }
@@ -423,6 +432,24 @@ fn flush(shared: &Shared) {
             spawn_call(format!("free on {worker}"), request.send().promise);
         }
     }
+    for (worker, copies) in outbox.replicate {
+        if let Some(conn) = state.workers.get(&worker) {
+            let mut request = conn.control.replicate_request();
+            let mut list = request.get().init_copies(copies.len() as u32);
+            for (i, (task, from)) in copies.iter().enumerate() {
+                let mut c = list.reborrow().get(i as u32);
+                c.set_task(task.0);
+                c.set_address(
+                    state
+                        .workers
+                        .get(from)
+                        .map(|w| w.peer_address.as_str())
+                        .unwrap_or(""),
+                );
+            }
+            spawn_call(format!("replicate on {worker}"), request.send().promise);
+        }
+    }
     for (client, events) in outbox.client {
         let Some(conn) = state.clients.get(&client) else {
             continue;
@@ -501,6 +528,7 @@ async fn serve(
         outbox: Outbox::default(),
         deferred: deferred_tx,
         finished: Rc::new(tokio::sync::Notify::new()),
+        progress: Rc::new(tokio::sync::Notify::new()),
         jobs: HashMap::new(),
     }));
     let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
@@ -529,6 +557,7 @@ async fn serve(
                         Deferred::WorkerGone(worker) => state.remove_worker(worker),
                         Deferred::ClientGone(client) => state.remove_client(client),
                     }
+                    state.progress.notify_waiters();
                 }
                 flush(&shared);
             }
@@ -544,6 +573,7 @@ async fn serve(
                     removed
                 };
                 if !removed.is_empty() {
+                    shared.borrow().progress.notify_waiters();
                     flush(&shared);
                 }
             }
@@ -618,6 +648,8 @@ impl cluster::Server for ClusterImpl {
             memory_bytes: info.get_memory_bytes(),
             peer_address: info.get_peer_address()?.to_str()?.to_owned(),
             pid: info.get_pid(),
+            slurm_job_id: info.get_slurm_job_id()?.to_str()?.to_owned(),
+            end_time_ms: info.get_end_time_ms(),
         };
         info!(%worker, name = %conn.name, threads = conn.threads, "worker joined");
         let threads = conn.threads;
@@ -708,11 +740,56 @@ impl worker_session::Server for WorkerSessionImpl {
                             .core
                             .steal_response(self.worker, task, given_back, &mut state.outbox)
                     }
+                    Which::Replicated(ok) => {
+                        state
+                            .core
+                            .replicated(self.worker, task, ok, &mut state.outbox)
+                    }
                 }
             }
+            state.progress.notify_waiters();
         }
         flush(&self.shared);
         Ok(())
+    }
+
+    async fn retire(
+        self: CapRc<Self>,
+        _: worker_session::RetireParams,
+        _: worker_session::RetireResults,
+    ) -> Result<(), capnp::Error> {
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            if !state.workers.contains_key(&self.worker) {
+                return Err(capnp::Error::failed("this worker was removed".to_owned()));
+            }
+            info!(worker = %self.worker, "worker retiring");
+            state.core.retire_worker(self.worker, &mut state.outbox);
+        }
+        flush(&self.shared);
+        let progress = self.shared.borrow().progress.clone();
+        loop {
+            // Created before the check, so no wake-up between them is missed.
+            let notified = progress.notified();
+            {
+                let mut state = self.shared.borrow_mut();
+                if !state.workers.contains_key(&self.worker) {
+                    return Err(capnp::Error::failed(
+                        "this worker was removed while retiring".to_owned(),
+                    ));
+                }
+                if state.core.retirement_complete(self.worker) {
+                    info!(worker = %self.worker, "worker retired");
+                    state.remove_worker(self.worker);
+                    state.progress.notify_waiters();
+                    drop(state);
+                    flush(&self.shared);
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
     }
 
     async fn heartbeat(
@@ -1089,6 +1166,9 @@ impl client_session::Server for ClientSessionImpl {
                     "peer": conn.map(|c| c.peer_address.as_str()),
                     "assigned": assigned,
                     "running": running,
+                    "retiring": state.core.is_retiring(id),
+                    "slurm_job_id": conn.map(|c| c.slurm_job_id.as_str()).filter(|j| !j.is_empty()),
+                    "end_time_ms": conn.map(|c| c.end_time_ms).filter(|t| *t > 0),
                 })
             })
             .collect();
@@ -1101,6 +1181,7 @@ impl client_session::Server for ClientSessionImpl {
             "workers": workers,
             "tasks": state.core.task_count(),
             "queued": state.core.queued_count(),
+            "recomputed": state.core.recomputed(),
             "clients": state.clients.len(),
             "session_tasks": mine,
             "jobs": state.jobs.iter().map(|(name, tasks)| (name.clone(), json!(tasks.len()))).collect::<serde_json::Map<_, _>>(),

@@ -19,4 +19,4 @@
 
 mod worker;
 
-pub use worker::{SchedulerTarget, WorkerConfig, WorkerError, run_worker};
+pub use worker::{Departure, SchedulerTarget, WorkerConfig, WorkerError, run_worker};

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use capnp::capability::Rc as CapRc;
 use futures::FutureExt;
@@ -48,6 +48,26 @@ pub struct WorkerConfig {
     pub peer_host: String,
     /// Sandbox settings (module cache, fuel metering).
     pub sandbox: SandboxConfig,
+    /// When the worker will be stopped from outside (a Slurm job's end).
+    pub end_time: Option<SystemTime>,
+    /// How long before `end_time` the worker retires.
+    pub retire_margin: Duration,
+    /// Retire on SIGTERM or SIGINT instead of dying, and leave after at
+    /// most this long (Slurm sends SIGKILL `KillWait`, 30 s, after SIGTERM).
+    pub retire_on_signal: Option<Duration>,
+    /// The Slurm job the worker runs in, shown by `wrun status`.
+    pub slurm_job_id: Option<String>,
+}
+
+/// Why a worker left without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It retired (end time near, or asked to stop): the scheduler confirmed
+    /// that its tasks and results were taken over.
+    Retired,
+    /// It retired but could not confirm the hand-over in time; the
+    /// scheduler recomputes whatever was lost.
+    RetiredUnconfirmed,
 }
 
 /// Why a worker stopped.
@@ -92,6 +112,7 @@ enum Event {
         stderr: Vec<u8>,
     },
     Stolen(u64, bool),
+    Replicated(u64, bool),
 }
 
 /// State shared between the RPC thread and the executor threads.
@@ -235,8 +256,9 @@ fn array_header(n: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Joins a scheduler and runs its tasks until the connection ends.
-pub fn run_worker(config: WorkerConfig) -> Result<(), WorkerError> {
+/// Joins a scheduler and runs its tasks until the connection ends or the
+/// worker retires.
+pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     let sandbox = Sandbox::new(SandboxConfig {
         max_concurrent_tasks: config.threads.max(1) * 2,
         ..config.sandbox.clone()
@@ -279,7 +301,7 @@ async fn serve(
     config: WorkerConfig,
     shared: Arc<Shared_>,
     mut events_rx: mpsc::UnboundedReceiver<Event>,
-) -> Result<(), WorkerError> {
+) -> Result<Departure, WorkerError> {
     // Peers fetch our results here.
     let peer_listener = tokio::net::TcpListener::bind((config.peer_host.as_str(), 0))
         .await
@@ -344,6 +366,14 @@ async fn serve(
         info.set_memory_bytes(config.memory_bytes);
         info.set_peer_address(&peer_address);
         info.set_pid(std::process::id());
+        info.set_slurm_job_id(config.slurm_job_id.as_deref().unwrap_or(""));
+        info.set_end_time_ms(
+            config
+                .end_time
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
     }
     let response = request
         .send()
@@ -407,6 +437,10 @@ async fn serve(
                         e.set_task(*task);
                         e.set_stolen(*given);
                     }
+                    Event::Replicated(task, ok) => {
+                        e.set_task(*task);
+                        e.set_replicated(*ok);
+                    }
                 }
             }
             if let Err(error) = request.send().promise.await {
@@ -415,6 +449,7 @@ async fn serve(
         }
         "event channel closed".to_owned()
     };
+    let retire_session = session.clone();
     let heartbeat_loop = async move {
         loop {
             tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -423,13 +458,79 @@ async fn serve(
             }
         }
     };
+    let retirement = retirement(&config, retire_session);
     let reason = tokio::select! {
         reason = disconnected_rx => reason.unwrap_or_else(|_| "closed".to_owned()),
         reason = events_loop => reason,
         reason = heartbeat_loop => reason,
+        departure = retirement => return Ok(departure),
     };
     info!("scheduler connection ended: {reason}");
     Err(WorkerError::Disconnected(reason))
+}
+
+/// Waits for the moment to retire (the end time minus the margin, or a
+/// signal), then retires: asks the scheduler to take over this worker's work
+/// and waits, bounded, for it to confirm.
+async fn retirement(config: &WorkerConfig, session: worker_session::Client) -> Departure {
+    let deadline = config.end_time.map(|end| {
+        let left = end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        (left.saturating_sub(config.retire_margin), left)
+    });
+    let at_deadline = async {
+        match deadline {
+            Some((wait, _)) => tokio::time::sleep(wait).await,
+            None => std::future::pending().await,
+        }
+    };
+    let signalled = async {
+        if config.retire_on_signal.is_none() {
+            return std::future::pending().await;
+        }
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let bound = tokio::select! {
+        _ = at_deadline => {
+            let left = deadline.map(|(_, left)| left).unwrap_or_default();
+            info!("the end time is {} s away; retiring", left.as_secs());
+            config.retire_margin
+        }
+        _ = signalled => {
+            info!("asked to stop; retiring");
+            config.retire_on_signal.unwrap_or_default()
+        }
+    };
+    match tokio::time::timeout(bound, session.retire_request().send().promise).await {
+        Ok(Ok(_)) => {
+            info!("retired: the scheduler took over this worker's tasks and results");
+            Departure::Retired
+        }
+        Ok(Err(error)) => {
+            tracing::warn!("retiring failed: {error}; leaving anyway");
+            Departure::RetiredUnconfirmed
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the hand-over did not finish within {} s; leaving anyway",
+                bound.as_secs()
+            );
+            Departure::RetiredUnconfirmed
+        }
+    }
 }
 
 type ModuleFetch = Shared<LocalBoxFuture<'static, Result<Arc<Vec<u8>>, String>>>;
@@ -662,6 +763,52 @@ impl worker_control::Server for ControlImpl {
                         let _ = this.shared.events.send(fail_event(task, "host", message));
                     }
                 }
+            });
+        }
+        Ok(())
+    }
+
+    async fn replicate(
+        self: CapRc<Self>,
+        params: worker_control::ReplicateParams,
+        _: worker_control::ReplicateResults,
+    ) -> Result<(), capnp::Error> {
+        let copies = params.get()?.get_copies()?;
+        for copy in copies.iter() {
+            let task = copy.get_task();
+            let address = copy.get_address()?.to_str()?.to_owned();
+            let this = self.clone();
+            tokio::task::spawn_local(async move {
+                let copied = async {
+                    let peer = this.peer(&address).await?;
+                    fetch_chunked(|offset| {
+                        let mut request = peer.fetch_request();
+                        request.get().set_task(task);
+                        request.get().set_offset(offset);
+                        request.send().promise
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                .await;
+                let ok = match copied {
+                    Ok(value) => {
+                        this.shared
+                            .results
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(task, Arc::new(value));
+                        true
+                    }
+                    Err(error) => {
+                        debug!(
+                            task,
+                            "copying from a retiring peer at {address} failed: {error}"
+                        );
+                        false
+                    }
+                };
+                let _ = this.shared.events.send(Event::Replicated(task, ok));
             });
         }
         Ok(())

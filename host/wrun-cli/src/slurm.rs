@@ -1,0 +1,729 @@
+//! `wrun slurm`: workers as Slurm batch jobs, like dask-jobqueue's
+//! SLURMCluster. `up` starts (or joins) a scheduler and submits worker
+//! jobs; `scale`, `adapt` and `down` change them later. What a cluster
+//! submitted is kept next to its scheduler file (`<file>.slurm`), so each
+//! command is a separate process, as in a batch script or a shell.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use wrun_client::{Client, Target};
+use wrun_slurm::{JobScript, SlurmError, WorkerCommand};
+
+use crate::exit::{CommandResult, Failure};
+use crate::units::{parse_duration, parse_size};
+
+/// `wrun slurm ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SlurmCommand {
+    /// Start (or join) a scheduler and submit worker jobs; waits until the
+    /// workers are ready (or --start-timeout passes).
+    Up(UpArgs),
+    /// Print the batch script `up` would submit for each worker job.
+    JobScript(JobArgs),
+    /// Submit or cancel worker jobs until there are N (stops `adapt`).
+    Scale {
+        /// Worker jobs wanted.
+        jobs: u32,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Grow and shrink the worker jobs with the load, in the background:
+    /// jobs are submitted when tasks queue and cancelled (their workers
+    /// retire first) after idling for --idle-grace.
+    Adapt(AdaptArgs),
+    /// Cancel every job this cluster submitted and stop the scheduler it started.
+    Down {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
+/// Which cluster: its scheduler file.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// The scheduler file; the cluster's job list is kept beside it
+    /// (FILE.slurm). Put it on a file system the compute nodes share.
+    /// [default: ~/.wrun/slurm/scheduler.json]
+    #[arg(long, env = "WRUN_SCHEDULER_FILE")]
+    pub(crate) scheduler_file: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn file(&self) -> Result<PathBuf, Failure> {
+        if let Some(file) = &self.scheduler_file {
+            return Ok(absolute(file));
+        }
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| Failure::input(anyhow!("HOME is not set; pass --scheduler-file")))?;
+        Ok(PathBuf::from(home).join(".wrun/slurm/scheduler.json"))
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// What a worker job is: the SLURMCluster options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct JobArgs {
+    /// Cores per job (`--cpus-per-task`); shared by its worker processes.
+    #[arg(long, env = "WRUN_SLURM_CORES", default_value_t = 1)]
+    cores: u32,
+    /// Worker processes per job, each with cores/processes threads.
+    #[arg(long, env = "WRUN_SLURM_PROCESSES", default_value_t = 1)]
+    processes: u32,
+    /// Memory per job (`--mem`), shared by its processes.
+    #[arg(long, env = "WRUN_SLURM_MEMORY", default_value = "4GiB", value_parser = parse_size)]
+    memory: u64,
+    /// Walltime per job, [D-]HH:MM:SS or minutes.
+    #[arg(long, env = "WRUN_SLURM_WALLTIME", default_value = "00:30:00", value_parser = parse_walltime)]
+    walltime: Duration,
+    /// Partition (`-p`), dask-jobqueue's `queue`.
+    #[arg(long, env = "WRUN_SLURM_PARTITION")]
+    partition: Option<String>,
+    /// Account to charge (`-A`).
+    #[arg(long, env = "WRUN_SLURM_ACCOUNT")]
+    account: Option<String>,
+    /// Network interface for the scheduler and the workers (e.g. ib0).
+    #[arg(long, env = "WRUN_SLURM_INTERFACE")]
+    interface: Option<String>,
+    /// An extra `#SBATCH` directive, e.g. '--gres=gpu:1' (repeatable).
+    #[arg(
+        long = "extra-directive",
+        env = "WRUN_SLURM_EXTRA_DIRECTIVES",
+        value_delimiter = '\n'
+    )]
+    extra_directives: Vec<String>,
+    /// Leave out generated directives containing this text, e.g. '--mem' (repeatable).
+    #[arg(
+        long = "skip-directive",
+        env = "WRUN_SLURM_SKIP_DIRECTIVES",
+        value_delimiter = '\n'
+    )]
+    skip_directives: Vec<String>,
+    /// A shell line run before the workers start, e.g. 'module load x' (repeatable).
+    #[arg(long = "prologue", env = "WRUN_SLURM_PROLOGUE", value_delimiter = '\n')]
+    prologue: Vec<String>,
+    /// The jobs' name.
+    #[arg(long, env = "WRUN_SLURM_JOB_NAME", default_value = "wrun-worker")]
+    job_name: String,
+    /// Workers retire this long before the walltime ends: they stop taking
+    /// tasks and hand their results to peers.
+    #[arg(long, env = "WRUN_RETIRE_MARGIN", default_value = "60s", value_parser = parse_duration)]
+    retire_margin: Duration,
+    /// Where job output goes [default: logs/ beside the scheduler file].
+    #[arg(long, env = "WRUN_SLURM_LOG_DIR")]
+    log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+fn parse_walltime(text: &str) -> Result<Duration, String> {
+    wrun_slurm::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a walltime: use HH:MM:SS, D-HH:MM:SS or minutes"))
+}
+
+impl JobArgs {
+    fn script(&self) -> Result<JobScript, Failure> {
+        if self.walltime <= self.retire_margin {
+            return Err(Failure::input(anyhow!(
+                "the walltime {} is not longer than the retirement margin {}: workers would retire as they start; lengthen --walltime or shorten --retire-margin",
+                wrun_slurm::format_duration(self.walltime),
+                wrun_slurm::format_duration(self.retire_margin)
+            )));
+        }
+        if self.processes == 0 || self.cores < self.processes {
+            return Err(Failure::input(anyhow!(
+                "--processes {} needs at least as many --cores (have {})",
+                self.processes,
+                self.cores
+            )));
+        }
+        let file = self.cluster.file()?;
+        Ok(JobScript {
+            job_name: self.job_name.clone(),
+            cores: self.cores,
+            processes: self.processes,
+            memory_bytes: self.memory,
+            walltime: self.walltime,
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            log_dir: self
+                .log_dir
+                .as_deref()
+                .map(absolute)
+                .unwrap_or_else(|| log_dir(&file)),
+            extra_directives: self.extra_directives.clone(),
+            skip_directives: self.skip_directives.clone(),
+            prologue: self.prologue.clone(),
+            worker: WorkerCommand {
+                wrun: std::env::current_exe().context("finding the wrun binary")?,
+                scheduler_file: file,
+                interface: self.interface.clone(),
+                retire_margin: self.retire_margin,
+            },
+        })
+    }
+}
+
+fn log_dir(scheduler_file: &Path) -> PathBuf {
+    scheduler_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("logs")
+}
+
+/// Flags of `wrun slurm up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Worker jobs to submit.
+    #[arg(long, env = "WRUN_SLURM_WORKERS", default_value_t = 1)]
+    workers: u32,
+    /// How long to wait for the workers to be ready; jobs still pending
+    /// then are cancelled and reported with Slurm's reason.
+    #[arg(long, env = "WRUN_SLURM_START_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    start_timeout: Duration,
+    /// Return once the jobs are submitted, without waiting for the workers.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// Flags of `wrun slurm adapt`.
+#[derive(Debug, Args)]
+pub(crate) struct AdaptArgs {
+    /// Fewest worker jobs.
+    #[arg(long, default_value_t = 0)]
+    min: u32,
+    /// Most worker jobs.
+    #[arg(long)]
+    max: u32,
+    /// How often to look at the load.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// A job idle (or still pending) this long while there are more jobs
+    /// than the load needs is cancelled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    idle_grace: Duration,
+    /// Run in this process instead of the background.
+    #[arg(long)]
+    foreground: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// What a `wrun slurm` cluster submitted and started; kept in FILE.slurm.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ClusterState {
+    /// The scheduler process `up` started (none if it joined one).
+    scheduler_pid: Option<u32>,
+    /// The background `adapt` process.
+    adaptor_pid: Option<u32>,
+    /// Worker jobs submitted and not known to have ended.
+    jobs: Vec<String>,
+    /// The batch script of a worker job (scale and adapt submit it again).
+    script: String,
+    /// Task threads of one job (all its processes).
+    threads_per_job: u32,
+    /// Worker processes per job.
+    processes: u32,
+}
+
+fn state_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".slurm");
+    PathBuf::from(name)
+}
+
+impl ClusterState {
+    fn load(file: &Path) -> Result<Option<ClusterState>, Failure> {
+        let path = state_path(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("{} is not a wrun slurm state file", path.display()))
+                .map_err(Failure::from),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow!("reading {}: {error}", path.display()).into()),
+        }
+    }
+
+    fn save(&self, file: &Path) -> Result<(), Failure> {
+        let path = state_path(file);
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(self).expect("serializable"),
+        )
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+fn slurm_failure(error: SlurmError) -> Failure {
+    Failure::input(anyhow!(error))
+}
+
+/// Whether a process is still there (a zombie child counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the command name in parentheses.
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM, then wait (bounded) for the process to go.
+fn stop_process(pid: u32, within: Duration) -> bool {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    false
+}
+
+/// Starts `wrun ARGS...` detached from this terminal (own process group),
+/// its output appended to `log`.
+fn spawn_detached(args: &[String], log: &Path) -> Result<u32, Failure> {
+    let exe = std::env::current_exe().context("finding the wrun binary")?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone().context("duplicating the log file")?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .context("starting a background wrun process")?;
+    Ok(child.id())
+}
+
+/// Connects to the scheduler behind `file`, waiting at most `timeout`.
+fn connect(file: &Path, timeout: Duration) -> Result<Client, wrun_client::ClientError> {
+    Client::connect(&Target::File(file.to_owned()), timeout)
+}
+
+/// Workers in a status answer, by Slurm job id.
+fn workers_by_job(status: &Json) -> BTreeMap<String, Vec<Json>> {
+    let mut by_job: BTreeMap<String, Vec<Json>> = BTreeMap::new();
+    for worker in status["workers"].as_array().into_iter().flatten() {
+        if let Some(job) = worker["slurm_job_id"].as_str() {
+            by_job
+                .entry(job.to_owned())
+                .or_default()
+                .push(worker.clone());
+        }
+    }
+    by_job
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub(crate) fn run(command: SlurmCommand) -> CommandResult {
+    match command {
+        SlurmCommand::Up(args) => up(args),
+        SlurmCommand::JobScript(args) => {
+            print!("{}", args.script()?.render());
+            Ok(())
+        }
+        SlurmCommand::Scale { jobs, cluster } => scale(jobs, &cluster),
+        SlurmCommand::Adapt(args) => adapt(args),
+        SlurmCommand::Down { cluster } => down(&cluster),
+    }
+}
+
+fn up(args: UpArgs) -> CommandResult {
+    let started = Instant::now();
+    let script = args.job.script()?;
+    let file = args.job.cluster.file()?;
+    let text = script.render();
+    let logs = script.log_dir.clone();
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut state = ClusterState::load(&file)?.unwrap_or_default();
+    // Join a scheduler that answers; otherwise start one.
+    let running = file.exists() && connect(&file, Duration::from_secs(2)).is_ok();
+    if running {
+        println!("wrun slurm: joining the scheduler of {}", file.display());
+    } else {
+        let _ = std::fs::remove_file(&file);
+        let host = match &args.job.interface {
+            Some(interface) => wrun_slurm::address_of_interface(interface)
+                .map_err(|e| Failure::input(anyhow!(e)))?,
+            None => wrun_slurm::default_address(),
+        };
+        let pid = spawn_detached(
+            &[
+                "scheduler".into(),
+                "--host".into(),
+                host.to_string(),
+                "--scheduler-file".into(),
+                file.to_string_lossy().into_owned(),
+            ],
+            &logs.join("scheduler.log"),
+        )?;
+        state.scheduler_pid = Some(pid);
+        state.jobs.clear();
+        state.save(&file)?;
+        connect(&file, Duration::from_secs(30)).map_err(|error| {
+            anyhow!(
+                "the scheduler did not start: {error}\n{}",
+                tail(&logs.join("scheduler.log"), 20)
+            )
+        })?;
+    }
+    state.script = text.clone();
+    state.threads_per_job = script.threads_per_process() * script.processes;
+    state.processes = script.processes;
+    let mut submitted = Vec::new();
+    for _ in 0..args.workers {
+        match wrun_slurm::sbatch(&text) {
+            Ok(id) => {
+                submitted.push(id.clone());
+                state.jobs.push(id);
+                state.save(&file)?;
+            }
+            Err(error) => {
+                // Nothing half-made stays behind.
+                let _ = wrun_slurm::scancel(&submitted);
+                state.jobs.retain(|j| !submitted.contains(j));
+                if state.jobs.is_empty()
+                    && let Some(pid) = state.scheduler_pid.take()
+                {
+                    stop_process(pid, Duration::from_secs(5));
+                    let _ = std::fs::remove_file(state_path(&file));
+                    let _ = std::fs::remove_file(&file);
+                } else {
+                    state.save(&file)?;
+                }
+                return Err(slurm_failure(error));
+            }
+        }
+    }
+    println!(
+        "wrun slurm: scheduler file {}; submitted {} worker job(s): {}",
+        file.display(),
+        submitted.len(),
+        submitted.join(" ")
+    );
+    if args.no_wait || submitted.is_empty() {
+        return Ok(());
+    }
+    let expected = submitted.len() * script.processes as usize;
+    let client = connect(&file, Duration::from_secs(10))
+        .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
+    let deadline = Instant::now() + args.start_timeout;
+    loop {
+        let status = client
+            .status()
+            .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
+        let by_job = workers_by_job(&status);
+        let ready: usize = submitted
+            .iter()
+            .map(|j| by_job.get(j).map_or(0, Vec::len))
+            .sum();
+        if ready >= expected {
+            println!(
+                "wrun slurm: {ready} worker(s) ready in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        // A job that ended before its workers joined will never join.
+        for job in &submitted {
+            if by_job.contains_key(job) {
+                continue;
+            }
+            if wrun_slurm::job_state(job).map_err(slurm_failure)?.is_none() {
+                let output = script
+                    .log_dir
+                    .join(format!("{}-{job}.out", script.job_name));
+                return Err(anyhow!(
+                    "worker job {job} ended before its workers joined; its output ({}):\n{}",
+                    output.display(),
+                    tail(&output, 20)
+                )
+                .into());
+            }
+        }
+        if Instant::now() >= deadline {
+            let mut waiting = Vec::new();
+            for job in &submitted {
+                if by_job.contains_key(job) {
+                    continue;
+                }
+                let reason = match wrun_slurm::job_state(job) {
+                    Ok(Some(s)) => format!("{} ({})", s.state, s.reason),
+                    Ok(None) => "ended".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                waiting.push(format!("job {job}: {reason}"));
+            }
+            let late: Vec<String> = submitted
+                .iter()
+                .filter(|j| !by_job.contains_key(*j))
+                .cloned()
+                .collect();
+            let _ = wrun_slurm::scancel(&late);
+            state.jobs.retain(|j| !late.contains(j));
+            state.save(&file)?;
+            return Err(Failure {
+                code: 3,
+                error: anyhow!(
+                    "{ready} of {expected} worker(s) ready after --start-timeout {}; cancelled the jobs not started: {}",
+                    wrun_slurm::format_duration(args.start_timeout),
+                    waiting.join("; ")
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn existing(file: &Path) -> Result<ClusterState, Failure> {
+    ClusterState::load(file)?.ok_or_else(|| {
+        Failure::input(anyhow!(
+            "no wrun slurm cluster at {} (run `wrun slurm up` first)",
+            file.display()
+        ))
+    })
+}
+
+fn stop_adaptor(state: &mut ClusterState) {
+    if let Some(pid) = state.adaptor_pid.take() {
+        stop_process(pid, Duration::from_secs(10));
+    }
+}
+
+/// Drops jobs Slurm no longer lists (ended); returns the pending ones.
+fn refresh_jobs(state: &mut ClusterState) -> Result<BTreeSet<String>, Failure> {
+    let mut pending = BTreeSet::new();
+    let mut live = Vec::new();
+    for job in &state.jobs {
+        if let Some(s) = wrun_slurm::job_state(job).map_err(slurm_failure)? {
+            if s.is_pending() {
+                pending.insert(job.clone());
+            }
+            live.push(job.clone());
+        }
+    }
+    state.jobs = live;
+    Ok(pending)
+}
+
+/// Submits `count` more jobs.
+fn submit_more(state: &mut ClusterState, file: &Path, count: u32) -> Result<(), Failure> {
+    for _ in 0..count {
+        let id = wrun_slurm::sbatch(&state.script).map_err(slurm_failure)?;
+        println!("wrun slurm: submitted worker job {id}");
+        state.jobs.push(id);
+        state.save(file)?;
+    }
+    Ok(())
+}
+
+/// Cancels the given jobs (their workers retire on Slurm's SIGTERM).
+fn cancel_jobs(state: &mut ClusterState, file: &Path, jobs: &[String]) -> Result<(), Failure> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    wrun_slurm::scancel(jobs).map_err(slurm_failure)?;
+    println!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
+    state.jobs.retain(|j| !jobs.contains(j));
+    state.save(file)
+}
+
+fn scale(target: u32, cluster: &ClusterArgs) -> CommandResult {
+    let file = cluster.file()?;
+    let mut state = existing(&file)?;
+    stop_adaptor(&mut state);
+    let pending = refresh_jobs(&mut state)?;
+    state.save(&file)?;
+    let have = state.jobs.len() as u32;
+    if target > have {
+        submit_more(&mut state, &file, target - have)?;
+    } else if target < have {
+        // Pending jobs first, then the newest.
+        let mut order: Vec<String> = state.jobs.iter().rev().cloned().collect();
+        order.sort_by_key(|j| !pending.contains(j));
+        let cancel: Vec<String> = order.into_iter().take((have - target) as usize).collect();
+        cancel_jobs(&mut state, &file, &cancel)?;
+    }
+    println!("wrun slurm: {} worker job(s)", state.jobs.len());
+    Ok(())
+}
+
+fn adapt(args: AdaptArgs) -> CommandResult {
+    if args.min > args.max {
+        return Err(Failure::input(anyhow!(
+            "--min {} is above --max {}",
+            args.min,
+            args.max
+        )));
+    }
+    let file = args.cluster.file()?;
+    let mut state = existing(&file)?;
+    if !args.foreground {
+        stop_adaptor(&mut state);
+        let log = log_dir(&file).join("adapt.log");
+        let pid = spawn_detached(
+            &[
+                "slurm".into(),
+                "adapt".into(),
+                "--foreground".into(),
+                "--min".into(),
+                args.min.to_string(),
+                "--max".into(),
+                args.max.to_string(),
+                "--interval".into(),
+                format!("{}ms", args.interval.as_millis()),
+                "--idle-grace".into(),
+                format!("{}ms", args.idle_grace.as_millis()),
+                "--scheduler-file".into(),
+                file.to_string_lossy().into_owned(),
+            ],
+            &log,
+        )?;
+        state.adaptor_pid = Some(pid);
+        state.save(&file)?;
+        println!(
+            "wrun slurm: adapting between {} and {} worker job(s) (pid {pid}, log {})",
+            args.min,
+            args.max,
+            log.display()
+        );
+        return Ok(());
+    }
+    let stop = crate::cluster::stop_flag();
+    let client = connect(&file, Duration::from_secs(30))
+        .map_err(|e| anyhow!("cannot reach the scheduler: {e}"))?;
+    let mut idle_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let per_job = state.threads_per_job.max(1) as u64;
+    while !stop.load(Ordering::SeqCst) {
+        let status = client
+            .status()
+            .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
+        let pending = refresh_jobs(&mut state)?;
+        let by_job = workers_by_job(&status);
+        let assigned: u64 = status["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w["assigned"].as_u64().unwrap_or(0))
+            .sum();
+        let load = status["queued"].as_u64().unwrap_or(0) + assigned;
+        let target = (load.div_ceil(per_job) as u32).clamp(args.min, args.max);
+        let have = state.jobs.len() as u32;
+        let now = Instant::now();
+        // A job is idle while pending or while all its workers have no task.
+        for job in &state.jobs {
+            let idle = pending.contains(job)
+                || by_job.get(job).is_some_and(|workers| {
+                    workers
+                        .iter()
+                        .all(|w| w["assigned"].as_u64().unwrap_or(0) == 0)
+                });
+            if idle {
+                idle_since.entry(job.clone()).or_insert(now);
+            } else {
+                idle_since.remove(job);
+            }
+        }
+        idle_since.retain(|job, _| state.jobs.contains(job));
+        if target > have {
+            submit_more(&mut state, &file, target - have)?;
+        } else if target < have {
+            let mut surplus: Vec<String> = state
+                .jobs
+                .iter()
+                .filter(|j| {
+                    idle_since
+                        .get(*j)
+                        .is_some_and(|since| now.duration_since(*since) >= args.idle_grace)
+                })
+                .cloned()
+                .collect();
+            surplus.sort_by_key(|j| !pending.contains(j));
+            surplus.truncate((have - target) as usize);
+            cancel_jobs(&mut state, &file, &surplus)?;
+        }
+        state.save(&file)?;
+        let until = Instant::now() + args.interval;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn down(cluster: &ClusterArgs) -> CommandResult {
+    let file = cluster.file()?;
+    let mut state = existing(&file)?;
+    stop_adaptor(&mut state);
+    let jobs = state.jobs.clone();
+    if !jobs.is_empty() {
+        wrun_slurm::scancel(&jobs).map_err(slurm_failure)?;
+        println!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
+    }
+    // Wait (bounded) until Slurm lists none of them: workers retire on SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        refresh_jobs(&mut state)?;
+        if state.jobs.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "jobs still listed by Slurm 90 s after scancel: {}",
+                state.jobs.join(" ")
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(pid) = state.scheduler_pid.take() {
+        stop_process(pid, Duration::from_secs(10));
+        let _ = std::fs::remove_file(&file);
+        println!("wrun slurm: stopped the scheduler");
+    }
+    let _ = std::fs::remove_file(state_path(&file));
+    Ok(())
+}
