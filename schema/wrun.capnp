@@ -70,6 +70,10 @@ interface Cluster {
   # A worker joins with the cluster secret and the capability the scheduler
   # uses to command it.
   registerWorker @2 (secret :Text, info :WorkerInfo, control :WorkerControl) -> (session :WorkerSession);
+  # Stops the cluster: workers are told to exit, then the scheduler exits
+  # with `exitCode` (`wrun mpi` ends the job with its client's code).
+  # Needs the cluster secret.
+  shutdown @3 (secret :Text, exitCode :Int32) -> ();
 }
 
 interface TaskListener {
@@ -171,6 +175,8 @@ interface WorkerControl {
   fetchMany @5 (tasks :List(UInt64)) -> (values :List(Value));
   # Copy these results from retiring peers; each answered by a `replicated` event.
   replicate @6 (copies :List(Copy)) -> ();
+  # The cluster is shutting down: exit (successfully, so no nanny restarts it).
+  shutdown @7 () -> ();
 }
 
 struct Copy {

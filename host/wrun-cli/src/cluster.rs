@@ -90,8 +90,14 @@ pub(crate) fn scheduler(host: String, port: u16, scheduler_file: Option<PathBuf>
         scheduler_file,
         ..Default::default()
     };
-    wrun_scheduler::run_scheduler(config).context("running the scheduler")?;
-    Ok(())
+    let code = wrun_scheduler::run_scheduler(config).context("running the scheduler")?;
+    match code {
+        Some(code) if code != 0 => Err(Failure {
+            code: code.clamp(1, 255) as u8,
+            error: anyhow!("the cluster was shut down with exit code {code}"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Flags of `wrun worker`.
@@ -252,6 +258,7 @@ pub(crate) fn worker(args: WorkerArgs) -> CommandResult {
             wrun_worker::Departure::Retired => "retired; its tasks and results were handed over",
             wrun_worker::Departure::RetiredUnconfirmed =>
                 "retired without confirmation; the scheduler recomputes what was lost",
+            wrun_worker::Departure::Shutdown => "the cluster shut down",
         }
     );
     Ok(())
@@ -306,6 +313,17 @@ fn nanny(args: &WorkerArgs) -> CommandResult {
             if let Some(status) = child.try_wait().context("watching the worker")? {
                 if status.success() {
                     // It retired (end time reached): nothing to restart.
+                    return Ok(());
+                }
+                // Lost its scheduler, whose file is gone too: the cluster was
+                // stopped (`wrun mpi` ends like this), not crashed.
+                if let Some(file) = &args.scheduler.scheduler_file
+                    && !file.exists()
+                {
+                    eprintln!(
+                        "wrun nanny: the scheduler stopped and removed {}; exiting",
+                        file.display()
+                    );
                     return Ok(());
                 }
                 break format!("worker exited ({status})");

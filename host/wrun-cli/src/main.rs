@@ -14,6 +14,7 @@ mod config;
 mod exit;
 mod graph;
 mod limits;
+mod mpi;
 mod slurm;
 mod units;
 
@@ -141,6 +142,19 @@ enum Command {
         #[command(flatten)]
         scheduler: cluster::SchedulerArgs,
     },
+    /// Stop a cluster: its workers exit (their nannies too), then the
+    /// scheduler. Needs the scheduler file (it holds the cluster secret).
+    Shutdown {
+        /// The scheduler file.
+        #[arg(long, env = "WRUN_SCHEDULER_FILE")]
+        scheduler_file: PathBuf,
+        /// The exit code the scheduler process ends with.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        exit_code: i32,
+        /// How long to wait for the scheduler.
+        #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s", value_parser = units::parse_duration)]
+        connect_timeout: std::time::Duration,
+    },
     /// Show the cluster's workers and tasks.
     Status {
         #[command(flatten)]
@@ -155,6 +169,12 @@ enum Command {
         #[command(subcommand)]
         command: slurm::SlurmCommand,
     },
+    /// Every rank of an MPI or srun launch (like dask-mpi): rank 0 runs the
+    /// scheduler, rank 1 the client command, the rest workers. When the
+    /// command ends, every rank exits with its exit code.
+    ///
+    /// `mpiexec -n 4 wrun mpi -- wrun submit m.wasm --map inc 1 2 3`
+    Mpi(mpi::MpiArgs),
     /// Measure wrun and print a table, then one JSON line.
     Bench {
         #[command(subcommand)]
@@ -268,6 +288,13 @@ fn main() -> ExitCode {
         Command::Logs { task, scheduler } => cluster::logs(scheduler, task),
         Command::Cancel { job, scheduler } => cluster::cancel(scheduler, job),
         Command::Slurm { command } => slurm::run(command),
+        Command::Mpi(args) => mpi::mpi(args),
+        Command::Shutdown {
+            scheduler_file,
+            exit_code,
+            connect_timeout,
+        } => mpi::shutdown_cluster(&scheduler_file, exit_code, connect_timeout)
+            .map_err(|error| exit::Failure { code: 3, error }),
         Command::Bench {
             which:
                 BenchCommand::Cluster {

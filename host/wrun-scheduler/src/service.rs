@@ -52,7 +52,8 @@ pub struct SchedulerHandle {
     /// The cluster secret workers must present.
     pub secret: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Option<i32>>>,
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl SchedulerHandle {
@@ -68,29 +69,43 @@ impl SchedulerHandle {
 
     /// Stops the scheduler and waits for its thread.
     pub fn stop(mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 
-    /// Waits until the scheduler stops by itself (it does not, unless stopped).
-    pub fn join(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    /// Waits until the scheduler stops by itself (a `shutdown` call with
+    /// the cluster secret) and returns the exit code that call asked for.
+    pub fn join(mut self) -> Option<i32> {
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok().flatten())
+    }
+
+    /// Resolves when the scheduler has stopped by itself (see [`SchedulerHandle::join`]).
+    pub fn ended(&mut self) -> impl std::future::Future<Output = ()> + use<> {
+        let ended = self.ended.take();
+        async move {
+            match ended {
+                Some(ended) => {
+                    let _ = ended.await;
+                }
+                None => std::future::pending().await,
+            }
         }
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self) -> Option<i32> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok().flatten())
     }
 }
 
 impl Drop for SchedulerHandle {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }
 
@@ -106,7 +121,10 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
         secret: secret.clone(),
         stop: Some(stop_tx),
         thread: None,
+        ended: None,
     };
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    handle.ended = Some(ended_rx);
     if let Some(path) = &config.scheduler_file {
         handle.scheduler_file().write(path)?;
     }
@@ -119,16 +137,19 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
                 .build()
                 .expect("tokio runtime");
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, serve(listener, secret, core_config, stop_rx));
+            let code = local.block_on(&runtime, serve(listener, secret, core_config, stop_rx));
+            let _ = ended_tx.send(());
+            code
         })?;
     handle.thread = Some(thread);
     info!(address = %handle.address, "scheduler listening");
     Ok(handle)
 }
 
-/// Runs a scheduler until SIGINT or SIGTERM.
-pub fn run_scheduler(config: SchedulerConfig) -> std::io::Result<()> {
-    let handle = start_scheduler(config.clone())?;
+/// Runs a scheduler until SIGINT or SIGTERM, or until a client with the
+/// cluster secret shuts the cluster down; returns the exit code it asked for.
+pub fn run_scheduler(config: SchedulerConfig) -> std::io::Result<Option<i32>> {
+    let mut handle = start_scheduler(config.clone())?;
     println!("wrun scheduler listening on {}", handle.address);
     if let Some(path) = &config.scheduler_file {
         println!("scheduler file: {}", path.display());
@@ -136,19 +157,20 @@ pub fn run_scheduler(config: SchedulerConfig) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let ended = handle.ended();
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = ended => {}
         }
         std::io::Result::Ok(())
     })?;
     if let Some(path) = &config.scheduler_file {
         let _ = std::fs::remove_file(path);
     }
-    handle.stop();
-    Ok(())
+    Ok(handle.shutdown())
 }
 
 // ---- state ----
@@ -316,6 +338,10 @@ struct State {
     progress: Rc<tokio::sync::Notify>,
     /// Detached jobs: tasks no session owns, by job name, in submission order.
     jobs: HashMap<String, Vec<(u64, TaskId)>>,
+    /// Fired by a `shutdown` call with the exit code it asks for.
+    shutdown: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// Shutting down: workers that register now are told to exit at once.
+    shutting_down: bool,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -513,9 +539,10 @@ async fn serve(
     secret: String,
     core: CoreConfig,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+) -> Option<i32> {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel();
     let shared: Shared = Rc::new(RefCell::new(State {
         core: Core::new(core),
         secret,
@@ -530,6 +557,8 @@ async fn serve(
         finished: Rc::new(tokio::sync::Notify::new()),
         progress: Rc::new(tokio::sync::Notify::new()),
         jobs: HashMap::new(),
+        shutdown: Some(shutdown_tx),
+        shutting_down: false,
     }));
     let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
         shared: shared.clone(),
@@ -537,7 +566,40 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => break None,
+            code = &mut shutdown_rx => {
+                let code = code.unwrap_or(0);
+                info!(code, "shutting down at a client's request");
+                // Workers exit cleanly (their nannies do not restart them).
+                let calls: Vec<_> = {
+                    let mut state = shared.borrow_mut();
+                    state.shutting_down = true;
+                    state
+                        .workers
+                        .values()
+                        .map(|w| w.control.shutdown_request().send().promise)
+                        .collect()
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    futures::future::join_all(calls),
+                )
+                .await;
+                // Registrations already in flight get their answer (and
+                // the shutdown) before the listener closes.
+                let grace = tokio::time::sleep(Duration::from_millis(250));
+                tokio::pin!(grace);
+                loop {
+                    tokio::select! {
+                        _ = &mut grace => break,
+                        accepted = listener.accept() => if let Ok((stream, _)) = accepted {
+                            let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster_client.clone().client));
+                            tokio::task::spawn_local(async move { let _ = rpc.await; });
+                        },
+                    }
+                }
+                break Some(code);
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     debug!(%peer, "connection");
@@ -588,6 +650,23 @@ struct ClusterImpl {
 }
 
 impl cluster::Server for ClusterImpl {
+    async fn shutdown(
+        self: CapRc<Self>,
+        params: cluster::ShutdownParams,
+        _: cluster::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let mut state = self.shared.borrow_mut();
+        if params.get_secret()?.to_str()? != state.secret {
+            warn!("a shutdown request presented a wrong cluster secret; refused");
+            return Err(capnp::Error::failed("wrong cluster secret".to_owned()));
+        }
+        if let Some(shutdown) = state.shutdown.take() {
+            let _ = shutdown.send(params.get_exit_code());
+        }
+        Ok(())
+    }
+
     async fn info(
         self: CapRc<Self>,
         _: cluster::InfoParams,
@@ -653,6 +732,12 @@ impl cluster::Server for ClusterImpl {
         };
         info!(%worker, name = %conn.name, threads = conn.threads, "worker joined");
         let threads = conn.threads;
+        if state.shutting_down {
+            spawn_call(
+                format!("shutdown of {worker}"),
+                conn.control.shutdown_request().send().promise,
+            );
+        }
         state.workers.insert(worker, conn);
         let state_ref = &mut *state;
         state_ref

@@ -68,6 +68,8 @@ pub enum Departure {
     /// It retired but could not confirm the hand-over in time; the
     /// scheduler recomputes whatever was lost.
     RetiredUnconfirmed,
+    /// The cluster was shut down (`wrun mpi` when its client ends).
+    Shutdown,
 }
 
 /// Why a worker stopped.
@@ -330,7 +332,27 @@ async fn serve(
         }
         SchedulerTarget::Address { address, secret } => (address.clone(), secret.clone()),
     };
-    let stream = wrun_proto::connect_with_retry(&address, config.connect_timeout).await?;
+    let connect = wrun_proto::connect_with_retry(&address, config.connect_timeout);
+    let stream = match &config.scheduler {
+        // A scheduler that stops removes its file: stop retrying then.
+        SchedulerTarget::File(path) => {
+            let gone = async {
+                while path.exists() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                stream = connect => stream?,
+                _ = gone => {
+                    return Err(WorkerError::Disconnected(format!(
+                        "the scheduler stopped (it removed {})",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        SchedulerTarget::Address { .. } => connect.await?,
+    };
     let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
     let cluster: cluster::Client = rpc.bootstrap(Side::Server);
     let (disconnected_tx, disconnected_rx) = tokio::sync::oneshot::channel();
@@ -344,6 +366,7 @@ async fn serve(
         );
     });
 
+    let shutdown = std::rc::Rc::new(tokio::sync::Notify::new());
     // The scheduler may send work before our registration call returns.
     let (session_tx, session_rx) =
         tokio::sync::watch::channel::<Option<worker_session::Client>>(None);
@@ -353,6 +376,7 @@ async fn serve(
         module_fetches: RefCell::new(HashMap::new()),
         peers: RefCell::new(HashMap::new()),
         cancelled: RefCell::new(HashSet::new()),
+        shutdown: shutdown.clone(),
     };
     let control_client: worker_control::Client = capnp_rpc::new_client(control);
     let mut request = cluster.register_worker_request();
@@ -375,11 +399,13 @@ async fn serve(
                 .unwrap_or(0),
         );
     }
-    let response = request
-        .send()
-        .promise
-        .await
-        .map_err(|e| WorkerError::Refused(e.to_string()))?;
+    let response = request.send().promise.await.map_err(|e| {
+        if e.kind == capnp::ErrorKind::Disconnected {
+            WorkerError::Disconnected(e.to_string())
+        } else {
+            WorkerError::Refused(e.to_string())
+        }
+    })?;
     let session = response
         .get()
         .and_then(|r| r.get_session())
@@ -464,6 +490,10 @@ async fn serve(
         reason = events_loop => reason,
         reason = heartbeat_loop => reason,
         departure = retirement => return Ok(departure),
+        _ = shutdown.notified() => {
+            info!("the cluster is shutting down");
+            return Ok(Departure::Shutdown);
+        }
     };
     info!("scheduler connection ended: {reason}");
     Err(WorkerError::Disconnected(reason))
@@ -541,6 +571,7 @@ struct ControlImpl {
     module_fetches: RefCell<HashMap<Vec<u8>, ModuleFetch>>,
     peers: RefCell<HashMap<String, peer::Client>>,
     cancelled: RefCell<HashSet<u64>>,
+    shutdown: std::rc::Rc<tokio::sync::Notify>,
 }
 
 enum PendingInput {
@@ -765,6 +796,15 @@ impl worker_control::Server for ControlImpl {
                 }
             });
         }
+        Ok(())
+    }
+
+    async fn shutdown(
+        self: CapRc<Self>,
+        _: worker_control::ShutdownParams,
+        _: worker_control::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        self.shutdown.notify_one();
         Ok(())
     }
 
