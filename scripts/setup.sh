@@ -12,11 +12,26 @@ if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 
   rustup component add clippy rustfmt >/dev/null
 fi
 
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+updated=""
+apt_install() {
+  if [ -z "$updated" ]; then
+    $sudo apt-get update -qq >/dev/null
+    updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # The Cap'n Proto compiler: host/wrun-proto's build.rs compiles
 # schema/wrun.capnp with it (schema/README.md says why it is not checked in).
 if ! command -v capnp >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >/dev/null
-  $sudo apt-get install -y -qq capnproto >/dev/null
+  apt_install capnproto
+fi
+
+# `--tests`: what the test suite needs besides. MPICH for the `wrun mpi`
+# tests (Slurm itself is installed and started by
+# deploy/slurm/dev/start-local-slurm.sh, which scripts/test.sh runs).
+if [ "${1:-}" = "--tests" ] && ! command -v mpiexec.mpich >/dev/null 2>&1; then
+  apt_install mpich
 fi

@@ -56,6 +56,11 @@ pub struct Finished {
 /// Runs `wrun` with `args` to completion, with a private module cache, and
 /// returns its exit code, output and peak memory.
 pub fn wrun(args: &[&str]) -> Finished {
+    wrun_with_env(args, &[])
+}
+
+/// [`wrun`] with extra environment variables.
+pub fn wrun_with_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
     use std::io::Read;
     use std::process::{Command, Stdio};
     let cache = std::env::temp_dir().join(format!("wrun-test-cache-{}", std::process::id()));
@@ -65,6 +70,7 @@ pub fn wrun(args: &[&str]) -> Finished {
         .args(args)
         .env("WRUN_CACHE_DIR", &cache)
         .env_remove("WRUN_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

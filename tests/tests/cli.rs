@@ -327,7 +327,7 @@ fn a_config_file_sets_the_flags_and_flags_win() {
         &finished,
         2,
         "",
-        "`timeout` must be a string, number or boolean",
+        "`timeout` must be a string, number, boolean or list of strings, not array",
     );
     let _ = std::fs::remove_file(path);
 }

@@ -166,6 +166,8 @@ pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
                 .arg(host.to_string())
                 .arg("--scheduler-file")
                 .arg(&file)
+                // The job's stdout is the client's: the banner goes to stderr.
+                .stdout(std::io::stderr())
                 .exec();
             Err(anyhow!("starting the scheduler: {error}").into())
         }

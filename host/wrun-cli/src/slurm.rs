@@ -348,6 +348,11 @@ fn workers_by_job(status: &Json) -> BTreeMap<String, Vec<Json>> {
     by_job
 }
 
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -370,6 +375,10 @@ pub(crate) fn run(command: SlurmCommand) -> CommandResult {
 fn up(args: UpArgs) -> CommandResult {
     let started = Instant::now();
     let script = args.job.script()?;
+    // Before anything starts: without sbatch nothing could be submitted.
+    if !on_path("sbatch") {
+        return Err(slurm_failure(SlurmError::Missing("sbatch")));
+    }
     let file = args.job.cluster.file()?;
     let text = script.render();
     let logs = script.log_dir.clone();
@@ -413,6 +422,7 @@ fn up(args: UpArgs) -> CommandResult {
     state.script = text.clone();
     state.threads_per_job = script.threads_per_process() * script.processes;
     state.processes = script.processes;
+    state.save(&file)?;
     let mut submitted = Vec::new();
     for _ in 0..args.workers {
         match wrun_slurm::sbatch(&text) {

@@ -24,6 +24,12 @@
 //!   count a death, and a task that was running at `max_deaths` worker deaths
 //!   fails as suspicious. Results only it held are recomputed from their
 //!   lineage if anything still needs them.
+//! - A retiring worker (its end time is near, or it was asked to stop) gets
+//!   no new tasks; its queued ones are asked back, and every needed result
+//!   only it holds is copied to the staying worker holding fewest results
+//!   ([`Comm::replicate`]). Once it has no tasks and no copy is pending it
+//!   may leave ([`Core::retirement_complete`]) without anything recomputed,
+//!   and without counting deaths for its tasks.
 //! - A task error is deterministic: the task is retried only if its spec
 //!   asks; otherwise it fails and so do its dependents, naming the cause.
 //!

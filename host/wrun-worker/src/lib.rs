@@ -12,6 +12,12 @@
 //! failed, steal answers) go back in batches: whatever accumulated while the
 //! previous batch was in flight.
 //!
+//! Leaving: a worker with a known end (a Slurm job's walltime, or
+//! `--lifetime`) retires a margin before it, and on SIGTERM or SIGINT: it
+//! calls `WorkerSession.retire`, which returns once the scheduler has taken
+//! back its queued tasks and had peers copy its results (`replicate`). A
+//! `shutdown` from the scheduler (the cluster is stopping) ends it cleanly.
+//!
 //! Threads: one RPC thread (current-thread tokio, `LocalSet`, `!Send`
 //! capabilities), and the executor threads (plain threads, `Send` data).
 
