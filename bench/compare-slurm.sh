@@ -22,30 +22,44 @@ fi
 work=$(mktemp -d /tmp/wrun-slurm-bench-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
+since() { printf '%.3f' "$(echo "$(now) - $1" | bc)"; }
 
 # Waits for a job's output file to have a line equal to $2; prints seconds since $3.
 first_line() {
   local out=$1 want=$2 t0=$3
-  until [ -f "$out" ] && grep -qx "$want" "$out"; do sleep 0.01; done
-  echo "$(now) - $t0" | bc
+  local deadline=$(( $(date +%s) + 180 ))
+  until [ -f "$out" ] && grep -qx "$want" "$out"; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "no result line '$want' in $out after 180 s:" >&2; cat "$out" >&2 || true; exit 1
+    fi
+    sleep 0.01
+  done
+  since "$t0"
 }
 wait_gone() { while squeue -h -j "$1" 2>/dev/null | grep -q .; do sleep 0.1; done; }
+# Each timed part starts on an idle node: jobs of the previous part that are
+# still completing would hold CPUs and delay the next job to Slurm's next
+# scheduling pass, whoever's turn it is.
+wait_idle() { while squeue -h 2>/dev/null | grep -q .; do sleep 0.1; done; }
 
 for run in $(seq 1 "$RUNS"); do
   f=$work/w$run/scheduler.json
+  wait_idle
   t0=$(now)
   $wrun slurm up --workers 2 --cores 1 --memory 512MiB --walltime 00:10:00 \
     --partition "$PARTITION" --scheduler-file "$f" >/dev/null
-  up=$(echo "$(now) - $t0" | bc)
+  up=$(since "$t0")
   $wrun submit --scheduler-file "$f" "$module" add 1 2 >/dev/null
-  first=$(echo "$(now) - $t0" | bc)
+  first=$(since "$t0")
   $wrun slurm down --scheduler-file "$f" >/dev/null
   echo "wrun slurm up: ready $up s, first result $first s"
   echo "{\"tool\": \"wrun\", \"up_to_ready_s\": $up, \"up_to_first_result_s\": $first}" >> "$work/up.jsonl"
 
+  wait_idle
   (cd "$work" && "$PY" "$OLDPWD/bench/slurm/jobqueue_up.py" 2 "$PARTITION" 2>>"$work/dask.log") \
     | sed 's/^{/{"tool": "dask-jobqueue", /' | tee -a "$work/up.jsonl"
 
+  wait_idle
   t0=$(now)
   id=$(cd "$work" && WRUN=$wrun sbatch --parsable -o "$work/wb-%j.out" \
     "$OLDPWD/deploy/slurm/wrun-batch.sbatch" "$module" add 1 2)
@@ -53,6 +67,7 @@ for run in $(seq 1 "$RUNS"); do
   echo "wrun batch template: first result $t s"
   echo "{\"tool\": \"wrun\", \"batch_first_result_s\": $t}" >> "$work/batch.jsonl"
 
+  wait_idle
   t0=$(now)
   id=$(cd "$work" && PYTHON=$PY sbatch --parsable -o "$work/db-%j.out" \
     "$OLDPWD/bench/slurm/dask-batch.sbatch")
