@@ -705,6 +705,16 @@ fn bad_slurm_input_gets_clear_errors_and_leaves_nothing_behind() {
         "{out:?}"
     );
 
+    // A directive sbatch does not know.
+    let out = cluster.up(&[
+        "--walltime",
+        "00:05:00",
+        "--extra-directive=--no-such-option=1",
+    ]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("sbatch --parsable failed"), "{out:?}");
+    assert!(out.stderr.contains("no-such-option"), "{out:?}");
+
     // No sbatch on PATH.
     let out = wrun_with_env(
         &["slurm", "up", "--scheduler-file", cluster.file()],

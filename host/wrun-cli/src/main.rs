@@ -230,7 +230,22 @@ impl CacheArgs {
     }
 }
 
+/// mimalloc keeps freed memory for reuse: large values (8 MiB chunks,
+/// results, argument buffers) then do not fault in fresh pages each time,
+/// which was most of a worker-to-worker transfer's cost with glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    // mimalloc returns freed memory to the OS only when it frees again after
+    // `purge_delay` (10 ms); an idle scheduler never does, so memory freed
+    // after a burst (a grown hash table) would stay resident. Purge at once.
+    // It reads this option lazily, at its first purge, after `main` starts.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: no other thread exists yet, so nothing reads the
+        // environment concurrently (the reason `set_var` is unsafe).
+        unsafe { std::env::set_var("MIMALLOC_PURGE_DELAY", "0") };
+    }
     // Settings from --config FILE become WRUN_* variables, which every flag
     // falls back to; this must run before any thread starts.
     let args = match config::apply_config_file(std::env::args().collect()) {
