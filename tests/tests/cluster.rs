@@ -94,6 +94,18 @@ fn seed_workloads_through_wrun_local_the_client_library_and_wrun_submit() {
     );
     let out = wrun(&["status", "--scheduler-file", file_arg]);
     assert!(out.stdout.starts_with("2 worker(s)"), "{out:#?}");
+
+    // Workers reuse one connection per peer: hundreds of peer fetches
+    // (the graphs above, twice more) leave a handful of sockets open.
+    check_seed_workloads(&client);
+    check_seed_workloads(&client);
+    for worker in workers(&client) {
+        let pid = worker["pid"].as_u64().unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        assert!(fds < 64, "worker {pid} has {fds} open files");
+    }
 }
 
 #[test]

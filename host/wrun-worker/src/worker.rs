@@ -374,7 +374,7 @@ async fn serve(
         shared: shared.clone(),
         session: session_rx,
         module_fetches: RefCell::new(HashMap::new()),
-        peers: RefCell::new(HashMap::new()),
+        peers: std::rc::Rc::new(RefCell::new(HashMap::new())),
         cancelled: RefCell::new(HashSet::new()),
         shutdown: shutdown.clone(),
     };
@@ -564,12 +564,15 @@ async fn retirement(config: &WorkerConfig, session: worker_session::Client) -> D
 }
 
 type ModuleFetch = Shared<LocalBoxFuture<'static, Result<Arc<Vec<u8>>, String>>>;
+type PeerConnect = Shared<LocalBoxFuture<'static, Result<peer::Client, String>>>;
 
 struct ControlImpl {
     shared: Arc<Shared_>,
     session: tokio::sync::watch::Receiver<Option<worker_session::Client>>,
     module_fetches: RefCell<HashMap<Vec<u8>, ModuleFetch>>,
-    peers: RefCell<HashMap<String, peer::Client>>,
+    /// One connection per peer, reused by every fetch from it (a new
+    /// connection per fetch left one open socket behind each time).
+    peers: std::rc::Rc<RefCell<HashMap<String, PeerConnect>>>,
     cancelled: RefCell<HashSet<u64>>,
     shutdown: std::rc::Rc<tokio::sync::Notify>,
 }
@@ -631,24 +634,42 @@ impl ControlImpl {
         fetch
     }
 
-    fn peer(&self, address: &str) -> LocalBoxFuture<'static, Result<peer::Client, String>> {
-        if let Some(client) = self.peers.borrow().get(address) {
-            let client = client.clone();
-            return async move { Ok(client) }.boxed_local();
+    fn peer(&self, address: &str) -> PeerConnect {
+        if let Some(connect) = self.peers.borrow().get(address) {
+            return connect.clone();
         }
-        let address = address.to_owned();
-        async move {
-            let stream = wrun_proto::connect_with_retry(&address, Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())?;
+        let key = address.to_owned();
+        let peers = self.peers.clone();
+        let connect = async move {
+            let connected = wrun_proto::connect_with_retry(&key, Duration::from_secs(5)).await;
+            let stream = match connected {
+                Ok(stream) => stream,
+                Err(error) => {
+                    peers.borrow_mut().remove(&key);
+                    return Err(error.to_string());
+                }
+            };
             let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
             let client: peer::Client = rpc.bootstrap(Side::Server);
             tokio::task::spawn_local(async move {
                 let _ = rpc.await;
+                // The connection is gone: the next fetch connects again.
+                peers.borrow_mut().remove(&key);
             });
             Ok(client)
         }
         .boxed_local()
+        .shared();
+        // Concurrent fetches from the same peer share one connection attempt.
+        self.peers
+            .borrow_mut()
+            .insert(address.to_owned(), connect.clone());
+        connect
+    }
+
+    /// Drops a cached peer connection after a failed fetch.
+    fn forget_peer(&self, address: &str) {
+        self.peers.borrow_mut().remove(address);
     }
 
     fn assemble(
@@ -773,7 +794,10 @@ impl worker_control::Server for ControlImpl {
                                 request.send().promise
                             })
                             .await
-                            .map_err(|e| format!("fetching input t{dep} from {address}: {e}"))?;
+                            .map_err(|e| {
+                                this.forget_peer(address);
+                                format!("fetching input t{dep} from {address}: {e}")
+                            })?;
                             info!(
                                 target: "wrun_worker::transfer",
                                 task = dep,
@@ -841,6 +865,7 @@ impl worker_control::Server for ControlImpl {
                         true
                     }
                     Err(error) => {
+                        this.forget_peer(&address);
                         debug!(
                             task,
                             "copying from a retiring peer at {address} failed: {error}"
