@@ -667,3 +667,30 @@ fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() 
     let embedded = wrun(&["submit", SEED_TASKS_WASM, "add", "1", "2", "--detach"]);
     assert_eq!(embedded.code, Some(2), "{embedded:#?}");
 }
+
+#[test]
+fn the_queue_depth_per_thread_is_a_scheduler_flag() {
+    let mut procs = Procs::new("queue-depth");
+    let file = start_local(&mut procs, 2, &["--queue-per-slot", "2"]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let calls = (0..40u64)
+        .map(|i| vec![json!(i).into(), json!(20_000).into()])
+        .collect();
+    let futures = client.map(&module, "slow_square", calls).unwrap();
+    wait_until("tasks on both workers", LONG, || {
+        workers(&client)
+            .iter()
+            .all(|w| w["assigned"].as_u64() > Some(0))
+    });
+    // Never more than 2 per thread on a worker; the rest wait in the scheduler.
+    for _ in 0..20 {
+        let status = client.status().unwrap();
+        for w in status["workers"].as_array().unwrap() {
+            assert!(w["assigned"].as_u64().unwrap() <= 2, "{status}");
+        }
+    }
+    let results = client.gather(&futures).unwrap();
+    assert_eq!(results.len(), 40);
+}

@@ -266,7 +266,7 @@ fn metg(
     let mut points = Vec::new();
     let mut best = None;
     for d in [
-        100_000u64, 30_000, 10_000, 3_000, 1_000, 300, 100, 30, 10, 3,
+        100_000u64, 30_000, 10_000, 3_000, 1_000, 300, 100, 50, 30, 20, 10, 3,
     ] {
         let n = ((target_s * threads * 1e6 / d as f64) as u64).clamp(20, 20_000);
         let (results, wall) = timed(|| {

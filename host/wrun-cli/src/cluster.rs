@@ -83,11 +83,40 @@ pub(crate) fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-pub(crate) fn scheduler(host: String, port: u16, scheduler_file: Option<PathBuf>) -> CommandResult {
+/// The scheduling policy's tunables, for `wrun scheduler` and `wrun local`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PolicyArgs {
+    /// Tasks a worker may hold per thread (running plus queued on it):
+    /// deeper queues hide round trips for tiny tasks; idle workers steal
+    /// from deep queues, so balance is kept either way.
+    #[arg(long, env = "WRUN_QUEUE_PER_SLOT", default_value_t = wrun_core::CoreConfig::default().queue_per_slot)]
+    pub(crate) queue_per_slot: u32,
+    /// A worker silent this long is removed and its work rescheduled.
+    #[arg(long, env = "WRUN_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub(crate) heartbeat_timeout: Duration,
+}
+
+impl PolicyArgs {
+    fn core(&self) -> wrun_core::CoreConfig {
+        wrun_core::CoreConfig {
+            queue_per_slot: self.queue_per_slot.max(1),
+            heartbeat_timeout: self.heartbeat_timeout,
+            ..wrun_core::CoreConfig::default()
+        }
+    }
+}
+
+pub(crate) fn scheduler(
+    host: String,
+    port: u16,
+    scheduler_file: Option<PathBuf>,
+    policy: &PolicyArgs,
+) -> CommandResult {
     let config = wrun_scheduler::SchedulerConfig {
         host,
         port,
         scheduler_file,
+        core: policy.core(),
         ..Default::default()
     };
     let code = wrun_scheduler::run_scheduler(config).context("running the scheduler")?;
@@ -366,6 +395,7 @@ pub(crate) fn local(
     host: String,
     port: u16,
     scheduler_file: Option<PathBuf>,
+    policy: &PolicyArgs,
 ) -> CommandResult {
     let file = scheduler_file.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("wrun-local-{}.json", std::process::id()))
@@ -374,6 +404,7 @@ pub(crate) fn local(
         host,
         port,
         scheduler_file: Some(file.clone()),
+        core: policy.core(),
         ..Default::default()
     })
     .context("starting the scheduler")?;

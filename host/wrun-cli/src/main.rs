@@ -90,6 +90,8 @@ enum Command {
         /// Where to write the address and cluster secret (atomically).
         #[arg(long, env = "WRUN_SCHEDULER_FILE")]
         scheduler_file: Option<PathBuf>,
+        #[command(flatten)]
+        policy: cluster::PolicyArgs,
     },
     /// Run a worker (under a nanny that restarts it, unless --no-nanny).
     Worker(cluster::WorkerArgs),
@@ -114,6 +116,8 @@ enum Command {
         /// Where to write the scheduler file [default: a file in the temp dir].
         #[arg(long, env = "WRUN_SCHEDULER_FILE")]
         scheduler_file: Option<PathBuf>,
+        #[command(flatten)]
+        policy: cluster::PolicyArgs,
     },
     /// Run a task (or a map of tasks) on a cluster and print the JSON results.
     ///
@@ -287,7 +291,8 @@ fn main() -> ExitCode {
             host,
             port,
             scheduler_file,
-        } => cluster::scheduler(host, port, scheduler_file),
+            policy,
+        } => cluster::scheduler(host, port, scheduler_file, &policy),
         Command::Worker(args) => cluster::worker(args),
         Command::Local {
             workers,
@@ -296,7 +301,16 @@ fn main() -> ExitCode {
             host,
             port,
             scheduler_file,
-        } => cluster::local(workers, threads, memory, host, port, scheduler_file),
+            policy,
+        } => cluster::local(
+            workers,
+            threads,
+            memory,
+            host,
+            port,
+            scheduler_file,
+            &policy,
+        ),
         Command::Submit(args) => cluster::submit(args),
         Command::Status { scheduler, json } => cluster::status(scheduler, json),
         Command::Gather { job, scheduler } => cluster::gather(scheduler, job),
