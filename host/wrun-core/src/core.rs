@@ -313,15 +313,7 @@ impl<P> Core<P> {
             },
         );
         // Retiring workers with nowhere to put their results have a peer now.
-        let retiring: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.retiring)
-            .map(|(id, _)| *id)
-            .collect();
-        for worker in retiring {
-            self.hand_off(worker, comm);
-        }
+        self.hand_off_all(comm);
         self.schedule(comm);
     }
 
@@ -348,6 +340,20 @@ impl<P> Core<P> {
         }
         self.hand_off(worker, comm);
         self.schedule(comm);
+    }
+
+    /// [`Core::hand_off`] for every retiring worker (after the set of
+    /// workers changed).
+    fn hand_off_all(&mut self, comm: &mut impl Comm<P>) {
+        let retiring: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring)
+            .map(|(id, _)| *id)
+            .collect();
+        for worker in retiring {
+            self.hand_off(worker, comm);
+        }
     }
 
     /// Starts copying each needed result that only `worker` holds to the
@@ -604,15 +610,7 @@ impl<P> Core<P> {
         }
         // Retiring workers may now be the only holders of results the
         // removed worker also had, and copies to it must go elsewhere.
-        let retiring: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.retiring)
-            .map(|(id, _)| *id)
-            .collect();
-        for from in retiring {
-            self.hand_off(from, comm);
-        }
+        self.hand_off_all(comm);
         self.refresh(comm);
         self.schedule(comm);
     }
