@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use capnp::capability::Rc as CapRc;
 use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
 use wrun_proto::wrun_capnp::{cluster, peer, worker_control, worker_session};
@@ -125,7 +124,57 @@ struct Shared_ {
     results: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     modules: Mutex<HashMap<Vec<u8>, Arc<Vec<u8>>>>,
     sandbox: Sandbox,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventOutbox,
+}
+
+/// How many gathered events make a batch worth sending at once.
+const EVENT_BATCH: usize = 64;
+
+/// Task events on their way to the scheduler: gathered here by the
+/// executors (and the RPC thread), sent in batches by the RPC thread.
+///
+/// Waking the RPC thread for every event cost each task a thread wake-up on
+/// the worker and a message the scheduler woke up for. So it is woken by
+/// the first event of a batch (to start its clock), by a full batch, and by
+/// anything urgent: an executor that found no more queued work (the worker
+/// needs tasks, or a chain waits on this result) or an answer to the
+/// scheduler. Otherwise a batch waits at most [`EVENT_COALESCE`].
+struct EventOutbox {
+    pending: Mutex<Vec<Event>>,
+    wake: tokio::sync::Notify,
+}
+
+impl EventOutbox {
+    fn push(&self, event: Event, urgent: bool) {
+        let count = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // A task that ends before its `started` was sent needs no
+            // `started`: the scheduler would only mark it running to unmark
+            // it in the same batch. Half the events of a map of short tasks.
+            if let Event::Finished { task, .. } | Event::Failed { task, .. } = &event {
+                let from = pending.len().saturating_sub(8);
+                if let Some(i) = pending[from..]
+                    .iter()
+                    .rposition(|e| matches!(e, Event::Started(t) if t == task))
+                {
+                    pending.remove(from + i);
+                }
+            }
+            pending.push(event);
+            pending.len()
+        };
+        if urgent || count == 1 || count >= EVENT_BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl Shared_ {
@@ -183,9 +232,14 @@ fn executor(shared: Arc<Shared_>) {
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let _ = shared.events.send(Event::Started(job.task));
+        shared.events.push(Event::Started(job.task), false);
         let event = run_job(&shared, &job);
-        let _ = shared.events.send(event);
+        let idle = shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        shared.events.push(event, idle);
     }
 }
 
@@ -266,7 +320,6 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
         ..config.sandbox.clone()
     })
     .map_err(|e| WorkerError::Setup(e.to_string()))?;
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared_ {
         queue: Mutex::new(VecDeque::new()),
         ready: Condvar::new(),
@@ -274,7 +327,10 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
         results: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
         sandbox,
-        events: events_tx,
+        events: EventOutbox {
+            pending: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        },
     });
     let executors: Vec<_> = (0..config.threads.max(1))
         .map(|i| {
@@ -290,7 +346,7 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
         .build()
         .map_err(|e| WorkerError::Setup(e.to_string()))?;
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, serve(config, shared.clone(), events_rx));
+    let result = local.block_on(&runtime, serve(config, shared.clone()));
     shared.stop.store(true, Ordering::Relaxed);
     shared.ready.notify_all();
     for executor in executors {
@@ -299,11 +355,7 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     result
 }
 
-async fn serve(
-    config: WorkerConfig,
-    shared: Arc<Shared_>,
-    mut events_rx: mpsc::UnboundedReceiver<Event>,
-) -> Result<Departure, WorkerError> {
+async fn serve(config: WorkerConfig, shared: Arc<Shared_>) -> Result<Departure, WorkerError> {
     // Peers fetch our results here.
     let peer_listener = tokio::net::TcpListener::bind((config.peer_host.as_str(), 0))
         .await
@@ -413,16 +465,35 @@ async fn serve(
     let _ = session_tx.send(Some(session.clone()));
     info!(name = %config.name, %address, %peer_address, threads = config.threads, "worker registered");
 
-    // Events: send whatever accumulated while the previous batch was in flight.
+    // Events: send whatever accumulated while the previous batch was in
+    // flight. While tasks are still queued here, wait a moment for more:
+    // the queue keeps the executors busy meanwhile, and one message per
+    // millisecond instead of one per task spares both sides a wake-up per
+    // task. An idle worker reports at once (a chain waits on it).
     let events_session = session.clone();
+    let events_shared = shared.clone();
     let events_loop = async move {
-        while let Some(first) = events_rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < 20_000 {
-                match events_rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
+        let outbox = &events_shared.events;
+        loop {
+            outbox.wake.notified().await;
+            let deadline = tokio::time::Instant::now() + EVENT_COALESCE;
+            loop {
+                let idle = events_shared
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if idle || outbox.len() >= EVENT_BATCH {
+                    break;
                 }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = outbox.wake.notified() => {}
+                }
+            }
+            let batch = outbox.take();
+            if batch.is_empty() {
+                continue;
             }
             let mut request = events_session.events_request();
             let mut list = request.get().init_events(batch.len() as u32);
@@ -473,7 +544,6 @@ async fn serve(
                 return error.to_string();
             }
         }
-        "event channel closed".to_owned()
     };
     let retire_session = session.clone();
     let heartbeat_loop = async move {
@@ -768,10 +838,9 @@ impl worker_control::Server for ControlImpl {
                 match self.assemble(&pending, &HashMap::new()) {
                     Ok(args) => self.enqueue(pending, args),
                     Err(message) => {
-                        let _ = self
-                            .shared
+                        self.shared
                             .events
-                            .send(fail_event(pending.task, "host", message));
+                            .push(fail_event(pending.task, "host", message), true);
                     }
                 }
                 continue;
@@ -815,7 +884,9 @@ impl worker_control::Server for ControlImpl {
                     Ok(args) => this.enqueue(pending, args),
                     Err(message) => {
                         debug!(task, "preparing failed: {message}");
-                        let _ = this.shared.events.send(fail_event(task, "host", message));
+                        this.shared
+                            .events
+                            .push(fail_event(task, "host", message), true);
                     }
                 }
             });
@@ -873,7 +944,7 @@ impl worker_control::Server for ControlImpl {
                         false
                     }
                 };
-                let _ = this.shared.events.send(Event::Replicated(task, ok));
+                this.shared.events.push(Event::Replicated(task, ok), true);
             });
         }
         Ok(())
@@ -891,10 +962,9 @@ impl worker_control::Server for ControlImpl {
             if let Some(position) = position {
                 queue.remove(position);
             }
-            let _ = self
-                .shared
+            self.shared
                 .events
-                .send(Event::Stolen(task, position.is_some()));
+                .push(Event::Stolen(task, position.is_some()), true);
         }
         Ok(())
     }
@@ -976,6 +1046,9 @@ impl worker_control::Server for ControlImpl {
         Ok(())
     }
 }
+
+/// How long a busy worker lets task events gather before sending them.
+const EVENT_COALESCE: Duration = Duration::from_millis(1);
 
 /// The most value bytes one batched fetch answers with; the rest come back
 /// as `large` and are read in chunks (messages stay far below the reader limit).
