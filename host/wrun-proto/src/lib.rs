@@ -120,7 +120,10 @@ impl SchedulerFile {
     /// Waits for a readable scheduler file, polling with a bounded back-off.
     pub async fn wait_for(path: &Path, timeout: Duration) -> Result<SchedulerFile, ConnectError> {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(10);
+        // Short first waits: a scheduler started a moment ago writes its
+        // file within milliseconds (this was 10 ms doubling, which made a
+        // local start-up 13-80 ms depending on when the first look fell).
+        let mut delay = Duration::from_millis(2);
         loop {
             let reason = match std::fs::read(path) {
                 Ok(bytes) => match serde_json::from_slice::<SchedulerFile>(&bytes) {
@@ -142,7 +145,7 @@ impl SchedulerFile {
                 });
             }
             tokio::time::sleep(delay.min(timeout.saturating_sub(started.elapsed()))).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
+            delay = (delay * 2).min(Duration::from_millis(100));
         }
     }
 }
@@ -161,7 +164,7 @@ pub async fn connect_with_retry(
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(10);
+    let mut delay = Duration::from_millis(2);
     loop {
         match TcpStream::connect(address).await {
             Ok(stream) => {
@@ -177,7 +180,7 @@ pub async fn connect_with_retry(
             }
             Err(_) => {
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
+                delay = (delay * 2).min(Duration::from_millis(250));
             }
         }
     }
