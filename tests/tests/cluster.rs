@@ -613,6 +613,14 @@ fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() 
         (Some(0), "2\n3\n4\n"),
         "{gathered:#?}"
     );
+    // Gathering a detached job releases it: nothing is left in any state.
+    let status = wrun(&["status", "--scheduler-file", f]);
+    assert!(
+        status
+            .stdout
+            .contains("tasks: 0 waiting, 0 queued, 0 on workers (0 running), 0 done, 0 failed"),
+        "{status:#?}"
+    );
 
     let out = wrun(&[
         "submit",
@@ -684,13 +692,26 @@ fn the_queue_depth_per_thread_is_a_scheduler_flag() {
             .iter()
             .all(|w| w["assigned"].as_u64() > Some(0))
     });
-    // Never more than 2 per thread on a worker; the rest wait in the scheduler.
+    // Never more than 2 per thread on a worker; the rest wait in the
+    // scheduler, and the counts by state add up.
     for _ in 0..20 {
         let status = client.status().unwrap();
         for w in status["workers"].as_array().unwrap() {
             assert!(w["assigned"].as_u64().unwrap() <= 2, "{status}");
         }
+        let by = &status["by_state"];
+        let sum: u64 = ["waiting", "queued", "on_workers", "done", "failed"]
+            .iter()
+            .map(|k| by[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, 40, "{status}");
+        assert!(by["on_workers"].as_u64().unwrap() <= 4, "{status}");
     }
     let results = client.gather(&futures).unwrap();
     assert_eq!(results.len(), 40);
+    let by = client.status().unwrap()["by_state"].clone();
+    assert_eq!(
+        (by["done"].clone(), by["queued"].clone()),
+        (json!(40), json!(0))
+    );
 }

@@ -780,6 +780,11 @@ pub(crate) fn status(scheduler: SchedulerArgs, json: bool) -> CommandResult {
         status["tasks"],
         status["queued"]
     );
+    let by = &status["by_state"];
+    println!(
+        "tasks: {} waiting, {} queued, {} on workers ({} running), {} done, {} failed",
+        by["waiting"], by["queued"], by["on_workers"], by["running"], by["done"], by["failed"]
+    );
     if let Some(jobs) = status["jobs"].as_object().filter(|jobs| !jobs.is_empty()) {
         let list: Vec<String> = jobs
             .iter()

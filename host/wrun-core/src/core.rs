@@ -8,6 +8,23 @@ use thin_vec::ThinVec;
 
 use crate::{Comm, Failure, SubmitError, TaskId, TaskSpec, WorkerId};
 
+/// Tasks by state, from [`Core::state_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Waiting for a dependency's result.
+    pub waiting: usize,
+    /// Ready, in the scheduler's queue.
+    pub queued: usize,
+    /// Sent to a worker (queued there or running).
+    pub on_workers: usize,
+    /// Of those, reported running.
+    pub running: usize,
+    /// Finished, result kept until released.
+    pub done: usize,
+    /// Failed for good.
+    pub failed: usize,
+}
+
 /// Tunables of the scheduling policy.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -133,6 +150,23 @@ impl<P> Core<P> {
     /// Tasks in the ready queue, not yet on a worker.
     pub fn queued_count(&self) -> usize {
         self.ready.len()
+    }
+
+    /// How many tasks are in each state (one pass over the tasks; for
+    /// status displays, not for hot paths).
+    pub fn state_counts(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for t in self.tasks.values() {
+            match t.state {
+                State::Waiting => counts.waiting += 1,
+                State::Ready => counts.queued += 1,
+                State::Assigned(_) => counts.on_workers += 1,
+                State::Done => counts.done += 1,
+                State::Failed(_) => counts.failed += 1,
+            }
+        }
+        counts.running = self.workers.values().map(|w| w.running.len()).sum();
+        counts
     }
 
     /// The workers, with their slots, assigned and running task counts.

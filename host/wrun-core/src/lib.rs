@@ -39,7 +39,7 @@
 
 mod core;
 
-pub use crate::core::{Core, CoreConfig};
+pub use crate::core::{Core, CoreConfig, StateCounts};
 
 use std::fmt;
 use std::sync::Arc;

@@ -634,6 +634,40 @@ fn cancelling_many_queued_tasks_is_one_pass() {
 }
 
 #[test]
+fn state_counts_follow_the_tasks() {
+    let mut env = Env::new(1);
+    env.worker(1, 1);
+    // 0 runs, 1 queues in the scheduler, 2 waits on 0, 3 will fail.
+    env.submit(vec![
+        spec(0, &[]),
+        spec(3, &[]),
+        spec(1, &[]),
+        spec(2, &[0]),
+    ]);
+    env.said();
+    env.core.task_started(w(1), t(0));
+    let counts = env.core.state_counts();
+    assert_eq!(
+        (
+            counts.waiting,
+            counts.queued,
+            counts.on_workers,
+            counts.running
+        ),
+        (1, 2, 1, 1)
+    );
+    env.core.task_finished(w(1), t(0), 8, &mut env.comm);
+    env.said();
+    env.core.task_started(w(1), t(3));
+    env.core
+        .task_failed(w(1), t(3), error("boom"), &mut env.comm);
+    env.said();
+    let counts = env.core.state_counts();
+    assert_eq!((counts.done, counts.failed), (1, 1));
+    assert_eq!(counts.waiting + counts.queued + counts.on_workers, 2);
+}
+
+#[test]
 fn a_retiring_worker_gives_back_its_queue_and_hands_its_results_to_a_peer() {
     let mut env = Env::new(4);
     env.worker(1, 1);

@@ -1262,10 +1262,20 @@ impl client_session::Server for ClientSessionImpl {
             .get(&self.client)
             .map(|c| c.keys.len())
             .unwrap_or(0);
+        let c = state.core.state_counts();
+        let by_state = json!({
+            "waiting": c.waiting,
+            "queued": c.queued,
+            "on_workers": c.on_workers,
+            "running": c.running,
+            "done": c.done,
+            "failed": c.failed,
+        });
         let status = json!({
             "workers": workers,
             "tasks": state.core.task_count(),
             "queued": state.core.queued_count(),
+            "by_state": by_state,
             "recomputed": state.core.recomputed(),
             "clients": state.clients.len(),
             "session_tasks": mine,
