@@ -715,3 +715,41 @@ fn the_queue_depth_per_thread_is_a_scheduler_flag() {
         (json!(40), json!(0))
     );
 }
+
+#[test]
+fn a_map_shows_a_progress_bar_on_a_terminal_and_none_otherwise() {
+    // `script` (util-linux) runs the command on a pseudo-terminal.
+    let command = format!(
+        "{} submit {SEED_TASKS_WASM} --map inc 1 2 3 4 5",
+        wrun_tests::wrun_binary().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env(
+            "WRUN_CACHE_DIR",
+            std::env::temp_dir().join("wrun-test-cache-tty"),
+        )
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("[########################################] 5/5"),
+        "{text:?}"
+    );
+    assert!(text.contains("0/5") || text.contains("/5\r"), "{text:?}");
+    // Piped: results only, no bar.
+    let out = wrun(&[
+        "submit",
+        SEED_TASKS_WASM,
+        "--map",
+        "inc",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]);
+    assert_eq!(out.stdout, "2\n3\n4\n5\n6\n");
+    assert!(!out.stderr.contains("5/5"), "{out:?}");
+}
