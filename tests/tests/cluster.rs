@@ -753,3 +753,54 @@ fn a_map_shows_a_progress_bar_on_a_terminal_and_none_otherwise() {
     assert_eq!(out.stdout, "2\n3\n4\n5\n6\n");
     assert!(!out.stderr.contains("5/5"), "{out:?}");
 }
+
+#[test]
+fn cancelling_a_job_stops_its_running_task_and_frees_the_worker() {
+    let mut procs = Procs::new("cancel-running");
+    let file = start_local(&mut procs, 1, &[]);
+    let client = connect(&file);
+    wait_until("1 worker", LONG, || workers(&client).len() == 1);
+    let pid = workers(&client)[0]["pid"].clone();
+    let f = file.to_str().unwrap();
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        f,
+        "--timeout",
+        "10min",
+        TEST_GUESTS_WASM,
+        "spin_forever",
+        "--detach",
+        "--job",
+        "forever",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    wait_until("the task to run", LONG, || {
+        workers(&client)[0]["running"].as_u64() == Some(1)
+    });
+    let cancelled_at = Instant::now();
+    let out = wrun(&["cancel", "forever", "--scheduler-file", f]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    // The only thread is free again at once, not after the 10 minutes.
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        f,
+        SEED_TASKS_WASM,
+        "add",
+        "1",
+        "2",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "3\n"),
+        "{out:#?}"
+    );
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(10),
+        "the worker was busy for {:?} after the cancel",
+        cancelled_at.elapsed()
+    );
+    // Stopped inside the sandbox: the same worker process goes on.
+    assert_eq!(workers(&client)[0]["pid"], pid);
+}

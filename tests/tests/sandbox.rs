@@ -558,3 +558,52 @@ fn fuel_limits_stop_a_guest_and_usage_reports_fuel() {
         .unwrap_err();
     assert!(matches!(error, TaskError::InvalidLimits(_)), "{error:?}");
 }
+
+#[test]
+fn a_running_task_stops_within_a_tick_of_its_cancel_flag() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sandbox = sandbox();
+    let (guests, _) = sandbox.load(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let (seed, _) = sandbox.load(&read_module(SEED_TASKS_WASM)).unwrap();
+    let signature = guests.task("spin_forever").unwrap();
+    let args = encode_args_from_json(signature, &[]).unwrap();
+    let limits = TaskLimits {
+        timeout: Duration::from_secs(60),
+        ..TaskLimits::default()
+    };
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::Relaxed);
+            Instant::now()
+        })
+    };
+    let run = sandbox.run_cancellable(&guests, "spin_forever", &args, &limits, &flag);
+    let set_at = setter.join().unwrap();
+    assert_eq!(run.result.unwrap_err(), TaskError::Cancelled);
+    assert!(
+        set_at.elapsed() < Duration::from_millis(500),
+        "stopped late"
+    );
+    assert_eq!(TaskError::Cancelled.kind(), "cancelled");
+    // Unset, the flag changes nothing: the time limit still applies, and
+    // a task that returns returns.
+    let quiet = Arc::new(AtomicBool::new(false));
+    let short = TaskLimits {
+        timeout: Duration::from_millis(200),
+        ..TaskLimits::default()
+    };
+    let run = sandbox.run_cancellable(&guests, "spin_forever", &args, &short, &quiet);
+    assert_eq!(
+        run.result.unwrap_err(),
+        TaskError::TimeLimit {
+            limit: Duration::from_millis(200)
+        }
+    );
+    let add = encode_args_from_json(seed.task("add").unwrap(), &[json!(1), json!(2)]).unwrap();
+    let run = sandbox.run_cancellable(&seed, "add", &add, &short, &quiet);
+    assert_eq!(ok(run), json!(3));
+}

@@ -83,6 +83,9 @@ pub enum TaskError {
     /// The guest called `proc_exit`.
     #[error("task exited with code {0} instead of returning")]
     Exited(i32),
+    /// Stopped while running because its work was cancelled.
+    #[error("task was cancelled while it ran")]
+    Cancelled,
     /// The guest broke the ABI (bad reply pointer, unknown status, ...).
     #[error("task broke the wrun ABI: {0}")]
     Abi(String),
@@ -106,6 +109,7 @@ impl TaskError {
             TaskError::OutOfFuel { .. } => "out-of-fuel",
             TaskError::ResultTooLarge { .. } => "result-too-large",
             TaskError::Exited(_) => "exited",
+            TaskError::Cancelled => "cancelled",
             TaskError::Abi(_) => "abi",
             TaskError::Host(_) => "host",
         }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use wasmtime::{
     Caller, Config, Enabled, Engine, Extern, ExternType, InstanceAllocationStrategy, InstancePre,
-    Linker, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap, ValType,
+    Linker, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    UpdateDeadline, ValType,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -117,6 +118,8 @@ pub(crate) struct TaskState {
     wasi: WasiP1Ctx,
     limiter: TaskLimiter,
     panic: Option<(String, String)>,
+    /// The run was stopped by its cancel flag (not by its time limit).
+    cancelled: bool,
 }
 
 struct TaskLimiter {
@@ -406,6 +409,30 @@ impl Sandbox {
         args: &[u8],
         limits: &TaskLimits,
     ) -> TaskRun {
+        self.run_inner(module, task, args, limits, None)
+    }
+
+    /// [`Sandbox::run`], stopped within one epoch tick (5 ms) once `cancel`
+    /// is set from another thread, with [`TaskError::Cancelled`].
+    pub fn run_cancellable(
+        &self,
+        module: &CompiledModule,
+        task: &str,
+        args: &[u8],
+        limits: &TaskLimits,
+        cancel: &Arc<AtomicBool>,
+    ) -> TaskRun {
+        self.run_inner(module, task, args, limits, Some(cancel))
+    }
+
+    fn run_inner(
+        &self,
+        module: &CompiledModule,
+        task: &str,
+        args: &[u8],
+        limits: &TaskLimits,
+        cancel: Option<&Arc<AtomicBool>>,
+    ) -> TaskRun {
         let Some((index, export)) = module.task_exports.get(task) else {
             return TaskRun::rejected(TaskError::UnknownTask {
                 name: task.to_owned(),
@@ -436,13 +463,32 @@ impl Sandbox {
                 wasi,
                 limiter,
                 panic: None,
+                cancelled: false,
             },
         );
         store.limiter(|state| &mut state.limiter);
         let tick = self.config.epoch_tick.as_nanos().max(1);
-        store.set_epoch_deadline(
-            u64::try_from(limits.timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX) + 1,
-        );
+        let ticks = u64::try_from(limits.timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX);
+        match cancel {
+            None => store.set_epoch_deadline(ticks.saturating_add(1)),
+            Some(flag) => {
+                // Look at the flag every tick; the time limit counts down.
+                let flag = flag.clone();
+                let mut left = ticks.saturating_add(1);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |mut ctx| {
+                    if flag.load(Ordering::Relaxed) {
+                        ctx.data_mut().cancelled = true;
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
+                    left = left.saturating_sub(1);
+                    if left == 0 {
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
+                    Ok(UpdateDeadline::Continue(1))
+                });
+            }
+        }
         let fuel_given = limits.fuel.unwrap_or(u64::MAX);
         if self.config.fuel_metering
             && let Err(error) = store.set_fuel(fuel_given)
@@ -616,6 +662,7 @@ fn classify(error: wasmtime::Error, state: &TaskState, limits: &TaskLimits) -> T
     }
     let trap = error.downcast_ref::<Trap>().copied();
     match trap {
+        Some(Trap::Interrupt) if state.cancelled => return TaskError::Cancelled,
         Some(Trap::Interrupt) => {
             return TaskError::TimeLimit {
                 limit: limits.timeout,

@@ -125,6 +125,10 @@ struct Shared_ {
     modules: Mutex<HashMap<Vec<u8>, Arc<Vec<u8>>>>,
     sandbox: Sandbox,
     events: EventOutbox,
+    /// Cancel flags of the tasks the executors are running. Taken from the
+    /// queue and entered here under the queue's lock, so a cancel (which
+    /// holds that lock) finds a task in one place or the other.
+    running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
 }
 
 /// How many gathered events make a batch worth sending at once.
@@ -227,6 +231,11 @@ fn executor(shared: Arc<Shared_>) {
                     return;
                 }
                 if let Some(job) = queue.pop_front() {
+                    shared
+                        .running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job.task, Arc::new(AtomicBool::new(false)));
                     break job;
                 }
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
@@ -234,6 +243,11 @@ fn executor(shared: Arc<Shared_>) {
         };
         shared.events.push(Event::Started(job.task), false);
         let event = run_job(&shared, &job);
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.task);
         let idle = shared
             .queue
             .lock()
@@ -263,9 +277,16 @@ fn run_job(shared: &Shared_, job: &Job) -> Event {
             }
         }
     };
+    let cancel = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&job.task)
+        .cloned()
+        .unwrap_or_default();
     let run = shared
         .sandbox
-        .run(&module, &job.name, &job.args, &job.limits);
+        .run_cancellable(&module, &job.name, &job.args, &job.limits, &cancel);
     match run.result {
         Ok(bytes) => {
             let size = bytes.len() as u64;
@@ -331,6 +352,7 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
             pending: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
         },
+        running: Mutex::new(HashMap::new()),
     });
     let executors: Vec<_> = (0..config.threads.max(1))
         .map(|i| {
@@ -976,11 +998,19 @@ impl worker_control::Server for ControlImpl {
     ) -> Result<(), capnp::Error> {
         let tasks = params.get()?.get_tasks()?;
         let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for task in tasks.iter() {
             if let Some(position) = queue.iter().position(|job| job.task == task) {
                 queue.remove(position);
+            } else if let Some(flag) = running.get(&task) {
+                // Running: the sandbox stops it within one epoch tick.
+                flag.store(true, Ordering::Relaxed);
             } else {
-                // Still being prepared (or running): drop it when it is ready.
+                // Still being prepared: drop it when it is ready.
                 self.cancelled.borrow_mut().insert(task);
             }
         }
