@@ -63,15 +63,18 @@ impl SlurmCluster {
             "up",
             "--scheduler-file",
             self.file(),
-            "--cores",
-            "1",
-            "--memory",
-            "512MiB",
             "--partition",
             &partition,
         ];
-        if !extra.contains(&"--start-timeout") {
-            args.extend_from_slice(&["--start-timeout", "60s"]);
+        // Defaults for what `extra` does not set (clap refuses a flag twice).
+        for (flag, value) in [
+            ("--start-timeout", "60s"),
+            ("--cores", "1"),
+            ("--memory", "512MiB"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend_from_slice(&[flag, value]);
+            }
         }
         args.extend_from_slice(extra);
         wrun(&args)
@@ -192,9 +195,21 @@ fn up_runs_the_seed_workloads_status_shows_jobs_and_down_leaves_nothing() {
     let _slurm = slurm();
     let cluster = SlurmCluster::new("up");
     let started = Instant::now();
-    let up = cluster.up(&["--workers", "2", "--walltime", "00:10:00"]);
+    // Two jobs of 2 cores, each running 2 worker processes of 1 thread.
+    let up = cluster.up(&[
+        "--workers",
+        "2",
+        "--cores",
+        "2",
+        "--processes",
+        "2",
+        "--memory",
+        "1GiB",
+        "--walltime",
+        "00:10:00",
+    ]);
     assert_eq!(up.code, Some(0), "{up:?}");
-    assert!(up.stdout.contains("2 worker(s) ready"), "{up:?}");
+    assert!(up.stdout.contains("4 worker(s) ready"), "{up:?}");
     eprintln!(
         "wrun slurm up, 2 jobs, to workers ready: {:?}",
         started.elapsed()
@@ -204,7 +219,14 @@ fn up_runs_the_seed_workloads_status_shows_jobs_and_down_leaves_nothing() {
 
     let client = cluster.client();
     let workers = slurm_workers(&client);
-    assert_eq!(workers.len(), 2);
+    assert_eq!(workers.len(), 4);
+    for w in &workers {
+        assert_eq!(
+            (w["threads"].as_u64(), w["memory_bytes"].as_u64()),
+            (Some(1), Some(512 << 20)),
+            "{w}"
+        );
+    }
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
