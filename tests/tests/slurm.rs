@@ -583,6 +583,16 @@ fn run_template(dir: &Path, template: &str, args: &[&str]) -> (String, String, S
     (state, exit, output)
 }
 
+/// The job ended well and printed exactly these numbers (one per line).
+fn assert_completed_with(state: &str, exit: &str, output: &str, numbers: &[&str]) {
+    assert_eq!((state, exit), ("COMPLETED", "0:0"), "{output}");
+    let printed: Vec<&str> = output
+        .lines()
+        .filter(|l| l.parse::<i64>().is_ok())
+        .collect();
+    assert_eq!(printed, numbers, "{output}");
+}
+
 #[test]
 fn the_srun_batch_template_runs_scheduler_workers_and_client_in_one_job() {
     let _slurm = slurm();
@@ -592,16 +602,7 @@ fn the_srun_batch_template_runs_scheduler_workers_and_client_in_one_job() {
         "wrun-batch.sbatch",
         &[SEED_TASKS_WASM, "--map", "inc", "1", "2", "3"],
     );
-    assert_eq!(
-        (state.as_str(), exit.as_str()),
-        ("COMPLETED", "0:0"),
-        "{output}"
-    );
-    let results: Vec<&str> = output
-        .lines()
-        .filter(|l| l.parse::<i64>().is_ok())
-        .collect();
-    assert_eq!(results, ["2", "3", "4"], "{output}");
+    assert_completed_with(&state, &exit, &output, &["2", "3", "4"]);
     assert_eq!(
         output.matches("the cluster shut down").count(),
         2,
@@ -668,16 +669,7 @@ fn mpiexec_runs_wrun_mpi_with_mpich_and_under_srun() {
         "wrun-mpi.sbatch",
         &[SEED_TASKS_WASM, "--map", "inc", "1", "2", "3"],
     );
-    assert_eq!(
-        (state.as_str(), exit.as_str()),
-        ("COMPLETED", "0:0"),
-        "{output}"
-    );
-    let results: Vec<&str> = output
-        .lines()
-        .filter(|l| l.parse::<i64>().is_ok())
-        .collect();
-    assert_eq!(results, ["2", "3", "4"], "{output}");
+    assert_completed_with(&state, &exit, &output, &["2", "3", "4"]);
 
     // Outside a launcher it says what it needs.
     let out = wrun(&["mpi", "--", "true"]);

@@ -478,11 +478,14 @@ fn up(args: UpArgs) -> CommandResult {
             return Ok(());
         }
         // A job that ended before its workers joined will never join.
-        for job in &submitted {
-            if by_job.contains_key(job) {
-                continue;
-            }
-            if wrun_slurm::job_state(job).map_err(slurm_failure)?.is_none() {
+        let waiting: Vec<String> = submitted
+            .iter()
+            .filter(|j| !by_job.contains_key(*j))
+            .cloned()
+            .collect();
+        let states = wrun_slurm::job_states(&waiting).map_err(slurm_failure)?;
+        for job in &waiting {
+            if !states.contains_key(job) {
                 let output = script
                     .log_dir
                     .join(format!("{}-{job}.out", script.job_name));
@@ -495,32 +498,22 @@ fn up(args: UpArgs) -> CommandResult {
             }
         }
         if Instant::now() >= deadline {
-            let mut waiting = Vec::new();
-            for job in &submitted {
-                if by_job.contains_key(job) {
-                    continue;
-                }
-                let reason = match wrun_slurm::job_state(job) {
-                    Ok(Some(s)) => format!("{} ({})", s.state, s.reason),
-                    Ok(None) => "ended".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                waiting.push(format!("job {job}: {reason}"));
-            }
-            let late: Vec<String> = submitted
+            let reasons: Vec<String> = waiting
                 .iter()
-                .filter(|j| !by_job.contains_key(*j))
-                .cloned()
+                .map(|job| match states.get(job) {
+                    Some(s) => format!("job {job}: {} ({})", s.state, s.reason),
+                    None => format!("job {job}: ended"),
+                })
                 .collect();
-            let _ = wrun_slurm::scancel(&late);
-            state.jobs.retain(|j| !late.contains(j));
+            let _ = wrun_slurm::scancel(&waiting);
+            state.jobs.retain(|j| !waiting.contains(j));
             state.save(&file)?;
             return Err(Failure {
                 code: 3,
                 error: anyhow!(
                     "{ready} of {expected} worker(s) ready after --start-timeout {}; cancelled the jobs not started: {}",
                     wrun_slurm::format_duration(args.start_timeout),
-                    waiting.join("; ")
+                    reasons.join("; ")
                 ),
             });
         }
@@ -545,18 +538,13 @@ fn stop_adaptor(state: &mut ClusterState) {
 
 /// Drops jobs Slurm no longer lists (ended); returns the pending ones.
 fn refresh_jobs(state: &mut ClusterState) -> Result<BTreeSet<String>, Failure> {
-    let mut pending = BTreeSet::new();
-    let mut live = Vec::new();
-    for job in &state.jobs {
-        if let Some(s) = wrun_slurm::job_state(job).map_err(slurm_failure)? {
-            if s.is_pending() {
-                pending.insert(job.clone());
-            }
-            live.push(job.clone());
-        }
-    }
-    state.jobs = live;
-    Ok(pending)
+    let states = wrun_slurm::job_states(&state.jobs).map_err(slurm_failure)?;
+    state.jobs.retain(|job| states.contains_key(job));
+    Ok(states
+        .into_iter()
+        .filter(|(_, s)| s.is_pending())
+        .map(|(job, _)| job)
+        .collect())
 }
 
 /// Submits `count` more jobs.

@@ -1,5 +1,6 @@
 //! The Slurm client commands, run as processes.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -128,19 +129,35 @@ impl JobState {
     }
 }
 
-/// The job's state, or `None` once Slurm no longer lists it (ended).
-pub fn job_state(id: &str) -> Result<Option<JobState>, SlurmError> {
-    match run("squeue", &["-h", "-j", id, "-o", "%T|%r"], None) {
-        Ok(out) => Ok(out.lines().next().and_then(|line| {
-            let (state, reason) = line.split_once('|')?;
-            Some(JobState {
-                state: state.trim().to_owned(),
-                reason: reason.trim().to_owned(),
-            })
-        })),
-        Err(SlurmError::Refused { message, .. }) if message.contains("Invalid job id") => Ok(None),
-        Err(error) => Err(error),
+/// The states of many jobs from one `squeue` call; jobs Slurm no longer
+/// lists (ended) are absent. One process however many jobs a cluster has.
+pub fn job_states(ids: &[String]) -> Result<HashMap<String, JobState>, SlurmError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
+    let list = ids.join(",");
+    let out = match run("squeue", &["-h", "-j", &list, "-o", "%i|%T|%r"], None) {
+        Ok(out) => out,
+        // With one id, an ended job is an error rather than an empty list.
+        Err(SlurmError::Refused { message, .. }) if message.contains("Invalid job id") => {
+            return Ok(HashMap::new());
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, '|');
+            let (id, state, reason) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((
+                id.trim().to_owned(),
+                JobState {
+                    state: state.trim().to_owned(),
+                    reason: reason.trim().to_owned(),
+                },
+            ))
+        })
+        .collect())
 }
 
 /// How long the job has left before Slurm stops it: from

@@ -15,7 +15,7 @@ mod interface;
 mod script;
 mod time;
 
-pub use commands::{JobState, SlurmError, job_state, sbatch, scancel, time_left};
+pub use commands::{JobState, SlurmError, job_states, sbatch, scancel, time_left};
 pub use interface::{address_of_interface, default_address};
 pub use script::{JobScript, WorkerCommand};
 pub use time::{format_duration, parse_duration};

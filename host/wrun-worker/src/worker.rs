@@ -224,25 +224,26 @@ impl Shared_ {
 
 fn executor(shared: Arc<Shared_>) {
     loop {
-        let job = {
+        let (job, cancel) = {
             let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
                 if let Some(job) = queue.pop_front() {
+                    let cancel = Arc::new(AtomicBool::new(false));
                     shared
                         .running
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(job.task, Arc::new(AtomicBool::new(false)));
-                    break job;
+                        .insert(job.task, cancel.clone());
+                    break (job, cancel);
                 }
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
         };
         shared.events.push(Event::Started(job.task), false);
-        let event = run_job(&shared, &job);
+        let event = run_job(&shared, &job, &cancel);
         shared
             .running
             .lock()
@@ -257,7 +258,7 @@ fn executor(shared: Arc<Shared_>) {
     }
 }
 
-fn run_job(shared: &Shared_, job: &Job) -> Event {
+fn run_job(shared: &Shared_, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
     let fail = |kind: &str, message: String| Event::Failed {
         task: job.task,
         kind: kind.to_owned(),
@@ -277,16 +278,9 @@ fn run_job(shared: &Shared_, job: &Job) -> Event {
             }
         }
     };
-    let cancel = shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&job.task)
-        .cloned()
-        .unwrap_or_default();
     let run = shared
         .sandbox
-        .run_cancellable(&module, &job.name, &job.args, &job.limits, &cancel);
+        .run_cancellable(&module, &job.name, &job.args, &job.limits, cancel);
     match run.result {
         Ok(bytes) => {
             let size = bytes.len() as u64;
