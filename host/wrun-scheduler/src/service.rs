@@ -534,6 +534,21 @@ fn spawn_call<T: 'static>(
     });
 }
 
+/// Serves the bootstrap capability on one accepted connection.
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    cluster: &cluster::Client,
+) {
+    debug!(%peer, "connection");
+    let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster.clone().client));
+    tokio::task::spawn_local(async move {
+        if let Err(error) = rpc.await {
+            debug!(%peer, "connection ended: {error}");
+        }
+    });
+}
+
 async fn serve(
     listener: std::net::TcpListener,
     secret: String,
@@ -592,24 +607,15 @@ async fn serve(
                 loop {
                     tokio::select! {
                         _ = &mut grace => break,
-                        accepted = listener.accept() => if let Ok((stream, _)) = accepted {
-                            let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster_client.clone().client));
-                            tokio::task::spawn_local(async move { let _ = rpc.await; });
+                        accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
+                            serve_connection(stream, peer, &cluster_client);
                         },
                     }
                 }
                 break Some(code);
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    debug!(%peer, "connection");
-                    let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster_client.clone().client));
-                    tokio::task::spawn_local(async move {
-                        if let Err(error) = rpc.await {
-                            debug!(%peer, "connection ended: {error}");
-                        }
-                    });
-                }
+                Ok((stream, peer)) => serve_connection(stream, peer, &cluster_client),
                 Err(error) => warn!("accept failed: {error}"),
             },
             Some(event) = deferred_rx.recv() => {
