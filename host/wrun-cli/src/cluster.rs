@@ -935,3 +935,37 @@ pub(crate) fn cancel(scheduler: SchedulerArgs, job: String) -> CommandResult {
     println!("cancelled {count} task(s) of {job}");
     Ok(())
 }
+
+/// Asks the scheduler to shut the cluster down with `code` (`wrun shutdown`,
+/// and `wrun mpi` when its client ends); the scheduler file holds the secret.
+pub(crate) fn shutdown_cluster(
+    path: &std::path::Path,
+    code: i32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let file = wrun_proto::SchedulerFile::wait_for(path, timeout).await?;
+        let stream = wrun_proto::connect_with_retry(&file.address, timeout).await?;
+        let mut rpc = wrun_proto::rpc_system(
+            stream,
+            wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side::Client,
+            None,
+        );
+        let cluster: wrun_proto::wrun_capnp::cluster::Client =
+            rpc.bootstrap(wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+        let mut request = cluster.shutdown_request();
+        request.get().set_secret(&file.secret);
+        request.get().set_exit_code(code);
+        tokio::time::timeout(timeout, request.send().promise)
+            .await
+            .map_err(|_| anyhow!("the scheduler did not answer the shutdown"))??;
+        anyhow::Ok(())
+    })
+}

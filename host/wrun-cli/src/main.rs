@@ -322,7 +322,7 @@ fn main() -> ExitCode {
             scheduler_file,
             exit_code,
             connect_timeout,
-        } => mpi::shutdown_cluster(&scheduler_file, exit_code, connect_timeout)
+        } => cluster::shutdown_cluster(&scheduler_file, exit_code, connect_timeout)
             .map_err(|error| exit::Failure { code: 3, error }),
         Command::Bench {
             which:

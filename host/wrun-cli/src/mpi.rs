@@ -13,9 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use wrun_proto::SchedulerFile;
-use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
-use wrun_proto::wrun_capnp::cluster;
 
 use crate::exit::{CommandResult, Failure};
 use crate::units::{parse_duration, parse_size};
@@ -109,30 +106,6 @@ fn wait_for_fresh_file(path: &Path, since: SystemTime, timeout: Duration) -> Res
     }
 }
 
-/// Asks the scheduler to shut the cluster down with `code`.
-pub(crate) fn shutdown_cluster(path: &Path, code: i32, timeout: Duration) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
-        let file = SchedulerFile::wait_for(path, timeout).await?;
-        let stream = wrun_proto::connect_with_retry(&file.address, timeout).await?;
-        let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
-        let cluster: cluster::Client = rpc.bootstrap(Side::Server);
-        tokio::task::spawn_local(async move {
-            let _ = rpc.await;
-        });
-        let mut request = cluster.shutdown_request();
-        request.get().set_secret(&file.secret);
-        request.get().set_exit_code(code);
-        tokio::time::timeout(timeout, request.send().promise)
-            .await
-            .map_err(|_| anyhow!("the scheduler did not answer the shutdown"))??;
-        anyhow::Ok(())
-    })
-}
-
 pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
     let started = SystemTime::now() - Duration::from_secs(30);
     let Some(Rank { rank, size }) = rank_from(|name| std::env::var(name).ok()) else {
@@ -185,7 +158,8 @@ pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
                     127
                 }
             };
-            if let Err(error) = shutdown_cluster(&file, code, args.connect_timeout) {
+            if let Err(error) = crate::cluster::shutdown_cluster(&file, code, args.connect_timeout)
+            {
                 eprintln!("wrun mpi: could not shut the cluster down: {error:#}");
             }
             if code == 0 {
