@@ -2,12 +2,14 @@
 # One source of truth; host/wrun-proto compiles it (build.rs, capnpc).
 @0x9fda65e99a56b452;
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
 
 # Largest chunk of a value or module in one message (8 MiB). Every reader bounds a
 # message at a few times this (traversal limit), so big values stream.
 const chunkBytes :UInt32 = 8388608;
 
+# The limits of one task call; wrun_abi::TaskLimits in Rust, read and
+# written only by wrun_proto::limits.
 struct Limits {
   memoryBytes @0 :UInt64;
   timeoutMs @1 :UInt64;
@@ -15,6 +17,47 @@ struct Limits {
   resultBytes @3 :UInt64;
   stdoutBytes @4 :UInt64;
   stderrBytes @5 :UInt64;
+}
+
+# What `status` answers; wrun_proto::status has the same in Rust (with serde
+# for `wrun status --json`), and the dashboard reads it too.
+struct ClusterStatus {
+  workers @0 :List(WorkerStatus);
+  tasks @1 :TaskCounts;
+  recomputed @2 :UInt64;    # results lost with workers and computed again
+  clients @3 :UInt32;       # client sessions connected
+  sessionTasks @4 :UInt64;  # tasks held by the session that asked
+  jobs @5 :List(JobStatus); # detached jobs
+}
+
+struct WorkerStatus {
+  id @0 :UInt64;
+  name @1 :Text;
+  threads @2 :UInt32;
+  memoryBytes @3 :UInt64;
+  pid @4 :UInt32;
+  peerAddress @5 :Text;
+  assigned @6 :UInt32;      # tasks sent to it (queued there or running)
+  running @7 :UInt32;
+  retiring @8 :Bool;
+  slurmJobId @9 :Text;      # "" if none
+  endTimeMs @10 :UInt64;    # Unix ms; 0: no known end
+}
+
+# Tasks by state.
+struct TaskCounts {
+  total @0 :UInt64;
+  waiting @1 :UInt64;       # for a dependency's result
+  queued @2 :UInt64;        # ready, in the scheduler's queue
+  onWorkers @3 :UInt64;     # sent to a worker (queued there or running)
+  running @4 :UInt64;
+  done @5 :UInt64;          # result kept until released
+  failed @6 :UInt64;
+}
+
+struct JobStatus {
+  name @0 :Text;
+  tasks @1 :UInt64;
 }
 
 # A task argument as the client gives it.
@@ -86,23 +129,21 @@ interface ClientSession {
   # Uploads a module in chunks at increasing offsets; the last chunk makes
   # the scheduler check the digest and the task section.
   uploadModule @1 (digest :Data, offset :UInt64, total :UInt64, data :Data) -> (complete :Bool);
-  # Lists a module's tasks as JSON records (the wrun.tasks section).
-  describeModule @2 (digest :Data) -> (tasks :Text);
-  submit @3 (tasks :List(TaskSubmission)) -> ();
+  submit @2 (tasks :List(TaskSubmission)) -> ();
   # Reads part of a result: the scheduler fetches it from the worker that holds it.
-  fetch @4 (key :UInt64, offset :UInt64) -> (chunk :Chunk);
-  release @5 (keys :List(UInt64)) -> ();
-  status @6 () -> (json :Text);
+  fetch @3 (key :UInt64, offset :UInt64) -> (chunk :Chunk);
+  release @4 (keys :List(UInt64)) -> ();
+  status @5 () -> (status :ClusterStatus);
   # Captured stdout and stderr of a finished task.
-  logs @7 (key :UInt64) -> (stdout :Data, stderr :Data);
+  logs @6 (key :UInt64) -> (stdout :Data, stderr :Data);
   # Many small results in one round trip, in the order asked.
-  fetchMany @8 (keys :List(UInt64)) -> (values :List(Value));
+  fetchMany @7 (keys :List(UInt64)) -> (values :List(Value));
   # Hands these tasks to the scheduler as a named job that outlives the
   # session (an empty name makes a new one); `adopt` takes a job into a
   # session: its keys, and the events of the tasks already finished.
-  detach @9 (keys :List(UInt64), job :Text) -> (job :Text);
-  adopt @10 (job :Text) -> (keys :List(UInt64), finished :List(TaskEvent));
-  cancel @11 (keys :List(UInt64)) -> ();
+  detach @8 (keys :List(UInt64), job :Text) -> (job :Text);
+  adopt @9 (job :Text) -> (keys :List(UInt64), finished :List(TaskEvent));
+  cancel @10 (keys :List(UInt64)) -> ();
 }
 
 struct WorkerInfo {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use wrun_client::{Client, ClientError, Module, Target, TaskOptions};
+use wrun_client::{Client, ClientError, Module, Target, TaskLimits, TaskOptions, WorkerStatus};
 use wrun_tests::{Procs, SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, wrun};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -16,11 +16,8 @@ fn connect(file: &Path) -> Client {
     Client::connect(&Target::File(file.to_path_buf()), LONG).expect("connecting")
 }
 
-fn workers(client: &Client) -> Vec<Json> {
-    client.status().expect("status")["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+fn workers(client: &Client) -> Vec<WorkerStatus> {
+    client.status().expect("status").workers
 }
 
 fn start_local(procs: &mut Procs, workers: u32, extra: &[&str]) -> std::path::PathBuf {
@@ -100,7 +97,7 @@ fn seed_workloads_through_wrun_local_the_client_library_and_wrun_submit() {
     check_seed_workloads(&client);
     check_seed_workloads(&client);
     for worker in workers(&client) {
-        let pid = worker["pid"].as_u64().unwrap();
+        let pid = worker.pid;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count();
@@ -218,17 +215,17 @@ fn sigkill_of_a_worker_mid_map_loses_nothing_and_the_nanny_brings_it_back() {
     wait_until("the victim to be busy", LONG, || {
         workers(&client)
             .iter()
-            .any(|w| w["pid"] == victim["pid"] && w["running"].as_u64() > Some(0))
+            .any(|w| w.pid == victim.pid && w.running > 0)
     });
     let killed_at = Instant::now();
-    nix_kill(victim["pid"].as_u64().unwrap() as i32);
+    nix_kill(victim.pid as i32);
     // The nanny restarts it: a new worker process registers.
     wait_until(
         "the nanny to bring the worker back",
         Duration::from_secs(10),
         || {
             let now = workers(&client);
-            now.len() == 2 && now.iter().all(|w| w["pid"] != victim["pid"])
+            now.len() == 2 && now.iter().all(|w| w.pid != victim.pid)
         },
     );
     let back_after = killed_at.elapsed();
@@ -260,7 +257,10 @@ fn a_poison_task_is_failed_as_suspicious_while_other_work_completes() {
     let mut client = connect(&file);
     wait_until("2 workers", LONG, || workers(&client).len() == 2);
     client.set_options(TaskOptions {
-        memory_bytes: 512 << 20,
+        limits: TaskLimits {
+            memory_bytes: 512 << 20,
+            ..TaskLimits::DEFAULT
+        },
         ..TaskOptions::default()
     });
     let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
@@ -312,11 +312,11 @@ fn a_client_that_disconnects_mid_job_has_its_work_released() {
         ],
     );
     wait_until("the job to be queued", LONG, || {
-        client.status().unwrap()["tasks"].as_u64() > Some(1000)
+        client.status().unwrap().tasks.total > 1000
     });
     procs.procs[submitter].child.kill().unwrap();
     wait_until("the job to be released", LONG, || {
-        client.status().unwrap()["tasks"] == json!(0)
+        client.status().unwrap().tasks.total == 0
     });
     // And the cluster keeps serving others.
     let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
@@ -542,14 +542,14 @@ fn a_silent_worker_is_removed_after_missed_heartbeats_and_its_tasks_run_elsewher
     let futures = client.map(&module, "slow_square", calls).unwrap();
     let victim = workers(&client)
         .into_iter()
-        .find(|w| w["name"] == "a")
+        .find(|w| w.name == "a")
         .unwrap();
     wait_until("worker a to be busy", LONG, || {
         workers(&client)
             .iter()
-            .any(|w| w["name"] == "a" && w["running"].as_u64() > Some(0))
+            .any(|w| w.name == "a" && w.running > 0)
     });
-    let pid = victim["pid"].as_u64().unwrap().to_string();
+    let pid = victim.pid.to_string();
     // Stopped, not dead: the connection stays open, only heartbeats tell.
     assert!(
         std::process::Command::new("kill")
@@ -688,32 +688,24 @@ fn the_queue_depth_per_thread_is_a_scheduler_flag() {
         .collect();
     let futures = client.map(&module, "slow_square", calls).unwrap();
     wait_until("tasks on both workers", LONG, || {
-        workers(&client)
-            .iter()
-            .all(|w| w["assigned"].as_u64() > Some(0))
+        workers(&client).iter().all(|w| w.assigned > 0)
     });
     // Never more than 2 per thread on a worker; the rest wait in the
     // scheduler, and the counts by state add up.
     for _ in 0..20 {
         let status = client.status().unwrap();
-        for w in status["workers"].as_array().unwrap() {
-            assert!(w["assigned"].as_u64().unwrap() <= 2, "{status}");
+        for w in &status.workers {
+            assert!(w.assigned <= 2, "{status:?}");
         }
-        let by = &status["by_state"];
-        let sum: u64 = ["waiting", "queued", "on_workers", "done", "failed"]
-            .iter()
-            .map(|k| by[k].as_u64().unwrap())
-            .sum();
-        assert_eq!(sum, 40, "{status}");
-        assert!(by["on_workers"].as_u64().unwrap() <= 4, "{status}");
+        let by = &status.tasks;
+        let sum: u64 = by.waiting + by.queued + by.on_workers + by.done + by.failed;
+        assert_eq!(sum, 40, "{status:?}");
+        assert!(by.on_workers <= 4, "{status:?}");
     }
     let results = client.gather(&futures).unwrap();
     assert_eq!(results.len(), 40);
-    let by = client.status().unwrap()["by_state"].clone();
-    assert_eq!(
-        (by["done"].clone(), by["queued"].clone()),
-        (json!(40), json!(0))
-    );
+    let by = client.status().unwrap().tasks;
+    assert_eq!((by.done, by.queued), (40, 0));
 }
 
 #[test]
@@ -760,7 +752,7 @@ fn cancelling_a_job_stops_its_running_task_and_frees_the_worker() {
     let file = start_local(&mut procs, 1, &[]);
     let client = connect(&file);
     wait_until("1 worker", LONG, || workers(&client).len() == 1);
-    let pid = workers(&client)[0]["pid"].clone();
+    let pid = workers(&client)[0].pid;
     let f = file.to_str().unwrap();
     let out = wrun(&[
         "submit",
@@ -775,9 +767,7 @@ fn cancelling_a_job_stops_its_running_task_and_frees_the_worker() {
         "forever",
     ]);
     assert_eq!(out.code, Some(0), "{out:#?}");
-    wait_until("the task to run", LONG, || {
-        workers(&client)[0]["running"].as_u64() == Some(1)
-    });
+    wait_until("the task to run", LONG, || workers(&client)[0].running == 1);
     let cancelled_at = Instant::now();
     let out = wrun(&["cancel", "forever", "--scheduler-file", f]);
     assert_eq!(out.code, Some(0), "{out:#?}");
@@ -802,5 +792,5 @@ fn cancelling_a_job_stops_its_running_task_and_frees_the_worker() {
         cancelled_at.elapsed()
     );
     // Stopped inside the sandbox: the same worker process goes on.
-    assert_eq!(workers(&client)[0]["pid"], pid);
+    assert_eq!(workers(&client)[0].pid, pid);
 }

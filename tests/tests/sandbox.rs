@@ -272,7 +272,7 @@ fn hostile_guests_get_precise_errors_and_the_sandbox_keeps_serving() {
 
     let small_result = TaskLimits {
         result_bytes: 1000,
-        ..limits.clone()
+        ..limits
     };
     let error = run(
         &sandbox,

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value as Json, json};
-use wrun_client::{Client, Target};
+use wrun_client::{Client, Target, WorkerStatus};
 use wrun_tests::{
     SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, workspace_root, wrun, wrun_binary,
     wrun_with_env,
@@ -163,13 +163,13 @@ fn job_end(id: &str) -> (String, String) {
     (field("JobState="), field("ExitCode="))
 }
 
-fn slurm_workers(client: &Client) -> Vec<Json> {
-    client.status().expect("status")["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+fn slurm_workers(client: &Client) -> Vec<WorkerStatus> {
+    client
+        .status()
+        .expect("status")
+        .workers
         .into_iter()
-        .filter(|w| w["slurm_job_id"].is_string())
+        .filter(|w| w.slurm_job_id.is_some())
         .collect()
 }
 
@@ -221,21 +221,17 @@ fn up_runs_the_seed_workloads_status_shows_jobs_and_down_leaves_nothing() {
     let workers = slurm_workers(&client);
     assert_eq!(workers.len(), 4);
     for w in &workers {
-        assert_eq!(
-            (w["threads"].as_u64(), w["memory_bytes"].as_u64()),
-            (Some(1), Some(512 << 20)),
-            "{w}"
-        );
+        assert_eq!((w.threads, w.memory_bytes), (1, 512 << 20), "{w:?}");
     }
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     for w in &workers {
-        assert!(jobs.contains(&w["slurm_job_id"].as_str().unwrap().to_owned()));
+        assert!(jobs.contains(w.slurm_job_id.as_ref().unwrap()));
         // The end time comes from the job: 10 minutes, less what has passed.
-        let left = w["end_time_ms"].as_u64().unwrap().saturating_sub(now_ms);
-        assert!((540_000..=600_000).contains(&left), "{w}");
+        let left = w.end_time_ms.unwrap().saturating_sub(now_ms);
+        assert!((540_000..=600_000).contains(&left), "{w:?}");
     }
     let status = wrun(&["status", "--scheduler-file", cluster.file()]);
     assert_eq!(status.code, Some(0), "{status:?}");
@@ -440,7 +436,7 @@ fn a_worker_whose_walltime_ends_mid_map_retires_first_and_nothing_is_lost() {
     );
     // Its results were handed over, not recomputed.
     let status = cluster.client().status().unwrap();
-    assert_eq!(status["recomputed"], json!(0), "{status}");
+    assert_eq!(status.recomputed, 0, "{status:?}");
     assert_eq!(cluster.down().code, Some(0));
 }
 
@@ -457,13 +453,10 @@ fn scancel_of_a_worker_job_mid_map_loses_nothing() {
         .collect();
     let futures = client.map(&module, "slow_square", calls).unwrap();
     // Cancel a job while both workers are busy and hold results.
-    let victim = slurm_workers(&client)[0]["slurm_job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let victim = slurm_workers(&client)[0].slurm_job_id.clone().unwrap();
     wait_until("both workers to be running tasks", LONG, || {
         let w = slurm_workers(&client);
-        w.len() == 2 && w.iter().all(|w| w["running"].as_u64() > Some(0))
+        w.len() == 2 && w.iter().all(|w| w.running > 0)
     });
     let status = Command::new("scancel").arg(&victim).status().unwrap();
     assert!(status.success());
@@ -487,7 +480,7 @@ fn scancel_of_a_worker_job_mid_map_loses_nothing() {
         "{output}"
     );
     let status = client.status().unwrap();
-    assert_eq!(status["recomputed"], json!(0), "{status}");
+    assert_eq!(status.recomputed, 0, "{status:?}");
     drop(futures);
     drop(client);
     assert_eq!(cluster.down().code, Some(0));
@@ -549,7 +542,7 @@ fn adapt_grows_from_0_to_2_workers_under_load_and_back_to_0_when_idle() {
             .collect();
         listed(&ids).is_empty()
     });
-    assert_eq!(client.status().unwrap()["recomputed"], json!(0));
+    assert_eq!(client.status().unwrap().recomputed, 0);
     drop(client);
     assert_eq!(cluster.down().code, Some(0));
     assert!(processes_mentioning(cluster.file()).is_empty());

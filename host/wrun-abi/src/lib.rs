@@ -12,7 +12,10 @@
 
 #![deny(missing_docs)]
 
+mod encoded;
+mod limits;
 mod types;
+pub mod units;
 mod values;
 
 use std::fmt;
@@ -20,8 +23,11 @@ use std::fmt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use encoded::{EncodedMismatch, check_encoded};
+pub use limits::{MIB, TaskLimits};
 pub use rmpv::Value;
 pub use types::{Type, TypeParseError};
+pub use units::{humanize_bytes, humanize_duration};
 pub use values::{
     MAX_VALUE_DEPTH, Mismatch, check_value, decode_value, encode_value, json_to_value,
     json_to_value_untyped, value_to_json,
@@ -310,6 +316,10 @@ pub fn encode_args_from_json(
 
 /// Checks an encoded argument array against `task`'s signature.
 pub fn check_args(task: &TaskSignature, args: &[u8]) -> Result<(), ArgError> {
+    // The common case, without building a value tree.
+    if encoded::array_fits(task.params.iter().map(|p| &p.ty), args) {
+        return Ok(());
+    }
     let malformed = |detail: String| ArgError::Malformed {
         task: task.name.clone(),
         detail,
@@ -326,6 +336,24 @@ pub fn check_args(task: &TaskSignature, args: &[u8]) -> Result<(), ArgError> {
         })?;
     }
     Ok(())
+}
+
+/// A result that is not a value of the task's declared return type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("result does not match the declared type {expected}: {mismatch}")]
+pub struct ResultMismatch {
+    /// The declared return type.
+    pub expected: Type,
+    /// What is wrong.
+    pub mismatch: EncodedMismatch,
+}
+
+/// Checks an encoded result against `task`'s declared return type.
+pub fn check_result(task: &TaskSignature, result: &[u8]) -> Result<(), ResultMismatch> {
+    check_encoded(&task.returns, result).map_err(|mismatch| ResultMismatch {
+        expected: task.returns.clone(),
+        mismatch,
+    })
 }
 
 fn check_count(task: &TaskSignature, given: usize) -> Result<(), ArgError> {

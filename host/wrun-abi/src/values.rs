@@ -340,6 +340,14 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, String> {
             reader.len()
         ));
     }
+    if let Err(offset) = crate::encoded::well_formed(bytes) {
+        return Err(match bytes.get(offset) {
+            Some(0xc1) => format!(
+                "malformed MessagePack: the reserved byte 0xc1 at offset {offset} is not a value"
+            ),
+            _ => format!("malformed MessagePack at offset {offset}"),
+        });
+    }
     Ok(value)
 }
 

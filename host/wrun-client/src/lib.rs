@@ -17,15 +17,33 @@
 //! releases it (in batches). A [`Graph`] builds tasks lazily and computes
 //! them in one submission.
 //!
-//! The API blocks; a background thread runs the Cap'n Proto connection.
+//! The API blocks; a background thread runs the Cap'n Proto connection
+//! (`connection.rs`). The rest is one concept per file: `client.rs` (the
+//! [`Client`]), `upload.rs`, `submit.rs`, `task_future.rs` (futures, and waiting for them),
+//! `gather.rs`, `graph.rs`, `jobs.rs` (detached jobs, cancel, logs).
+//!
 //! This crate must not depend on wasmtime: programs that only submit work
 //! stay small and build fast.
 
 #![deny(missing_docs)]
 
 mod client;
+mod connection;
+mod error;
+mod gather;
+mod graph;
+mod jobs;
+mod submit;
+mod task_future;
+mod upload;
 
-pub use client::{
-    Argument, Client, ClientError, Delayed, Graph, GraphArg, Module, Target, TaskFailure,
-    TaskFuture, TaskOptions,
-};
+pub use client::Client;
+pub use connection::Target;
+pub use error::{ClientError, TaskFailure};
+pub use graph::{Delayed, Graph, GraphArg};
+pub use submit::{Argument, TaskOptions};
+pub use task_future::TaskFuture;
+pub use upload::Module;
+pub use wrun_abi::TaskLimits;
+pub use wrun_proto::TaskKey;
+pub use wrun_proto::status::{ClusterStatus, JobStatus, TaskCounts, WorkerStatus};

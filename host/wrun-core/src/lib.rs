@@ -38,6 +38,13 @@
 #![deny(missing_docs)]
 
 mod core;
+mod events;
+mod lineage;
+mod placement;
+mod retirement;
+mod sanity;
+mod task;
+mod worker;
 
 pub use crate::core::{Core, CoreConfig, StateCounts};
 

@@ -1,10 +1,9 @@
-//! Sandbox-wide settings and per-task limits.
+//! Sandbox-wide settings (per-task limits are `wrun_abi::TaskLimits`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One MiB.
-pub const MIB: u64 = 1 << 20;
+use wrun_abi::MIB;
 
 /// Settings fixed for the life of a [`Sandbox`](crate::Sandbox).
 #[derive(Debug, Clone)]
@@ -14,9 +13,9 @@ pub struct SandboxConfig {
     /// instantiate, so size it to the threads that run tasks.
     pub max_concurrent_tasks: u32,
     /// The largest linear memory any task may be given, in bytes. A task's
-    /// own limit ([`TaskLimits::memory_bytes`]) must not exceed it.
+    /// own limit (`TaskLimits::memory_bytes`) must not exceed it.
     pub max_memory_bytes: u64,
-    /// Turns on fuel metering (about 5% slower, STACK.md §5). Without it a
+    /// Turns on fuel metering (about 5% slower; docs/ARCHITECTURE.md, "Measured facts"). Without it a
     /// task that asks for a fuel limit is refused.
     pub fuel_metering: bool,
     /// Where compiled modules are cached on disk; `None` keeps them in memory only.
@@ -43,35 +42,4 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir));
     }
     dirs::cache_dir().map(|dir| dir.join("wrun").join("modules"))
-}
-
-/// Limits of one task run. Every limit hit is a [`TaskError`](crate::TaskError),
-/// never a crashed host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskLimits {
-    /// Linear memory, in bytes (default 256 MiB).
-    pub memory_bytes: u64,
-    /// Wall time (default 60 s), enforced by epoch interruption.
-    pub timeout: Duration,
-    /// Fuel (roughly, Wasm instructions); `None` for no fuel limit.
-    pub fuel: Option<u64>,
-    /// The encoded result's size (default 64 MiB).
-    pub result_bytes: u64,
-    /// Captured stdout kept; the rest is dropped and counted (default 1 MiB).
-    pub stdout_bytes: u64,
-    /// Captured stderr kept, likewise (default 1 MiB).
-    pub stderr_bytes: u64,
-}
-
-impl Default for TaskLimits {
-    fn default() -> Self {
-        TaskLimits {
-            memory_bytes: 256 * MIB,
-            timeout: Duration::from_secs(60),
-            fuel: None,
-            result_bytes: 64 * MIB,
-            stdout_bytes: MIB,
-            stderr_bytes: MIB,
-        }
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wrun_abi::{ArgError, ModuleError};
+use wrun_abi::{ArgError, ModuleError, humanize_bytes, humanize_duration};
 
 /// Why a module cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +80,9 @@ pub enum TaskError {
         /// The limit.
         limit: u64,
     },
+    /// The result is not a value of the task's declared return type.
+    #[error("task {0}")]
+    BadResult(#[from] wrun_abi::ResultMismatch),
     /// The guest called `proc_exit`.
     #[error("task exited with code {0} instead of returning")]
     Exited(i32),
@@ -108,6 +111,7 @@ impl TaskError {
             TaskError::MemoryLimit { .. } => "memory-limit",
             TaskError::OutOfFuel { .. } => "out-of-fuel",
             TaskError::ResultTooLarge { .. } => "result-too-large",
+            TaskError::BadResult(_) => "bad-result",
             TaskError::Exited(_) => "exited",
             TaskError::Cancelled => "cancelled",
             TaskError::Abi(_) => "abi",
@@ -116,34 +120,8 @@ impl TaskError {
     }
 
     /// Whether running the same task again could give another outcome. Guest
-    /// behaviour is deterministic (DESIGN.md), so only host failures are.
+    /// behaviour is deterministic (docs/ARCHITECTURE.md), so only host failures are.
     pub fn is_retryable(&self) -> bool {
         matches!(self, TaskError::Host(_))
     }
-}
-
-/// `1.5 s`, `250 ms`.
-pub fn humanize_duration(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{} s", trim_float(d.as_secs_f64()))
-    } else {
-        format!("{} ms", trim_float(d.as_secs_f64() * 1e3))
-    }
-}
-
-/// `256 MiB`, `1.5 KiB`, `17 B`.
-pub fn humanize_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{} {}", trim_float(value), UNITS[unit])
-}
-
-fn trim_float(x: f64) -> String {
-    let text = format!("{x:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }

@@ -31,10 +31,13 @@ mod error;
 mod sandbox;
 
 pub use capture::Captured;
-pub use config::{MIB, SandboxConfig, TaskLimits, default_cache_dir};
-pub use error::{LoadError, TaskError, humanize_bytes, humanize_duration};
+pub use config::{SandboxConfig, default_cache_dir};
+pub use error::{LoadError, TaskError};
 pub use sandbox::{CompiledModule, LoadSource, Sandbox, TaskRun, Usage};
-pub use wrun_abi::{ArgError, ModuleDigest, ModuleError, TaskSignature};
+pub use wrun_abi::{
+    ArgError, MIB, ModuleDigest, ModuleError, TaskLimits, TaskSignature, humanize_bytes,
+    humanize_duration,
+};
 
 #[cfg(test)]
 mod tests {

@@ -13,11 +13,11 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wrun_abi::{ModuleDigest, TaskSignature};
+use wrun_abi::{ModuleDigest, TaskLimits, TaskSignature};
 
 use crate::cache::{CacheMiss, DiskCache};
 use crate::capture::{CapturePipe, Captured};
-use crate::config::{SandboxConfig, TaskLimits};
+use crate::config::SandboxConfig;
 use crate::error::{LoadError, TaskError};
 
 /// Dirty linear-memory bytes reset in place (not returned to the kernel)
@@ -500,6 +500,14 @@ impl Sandbox {
         let result = self.call(module, task, *export, args, limits, &mut store);
         let wall = started.elapsed();
         let result = result.map_err(|error| classify(error, store.data(), limits));
+        // A result must be a value of the declared type: `wrun submit`
+        // and the client decode it by that type.
+        let result = result.map(|reply| {
+            reply.and_then(|bytes| {
+                wrun_abi::check_result(&module.tasks[*index], &bytes)?;
+                Ok(bytes)
+            })
+        });
         let fuel_consumed = if self.config.fuel_metering {
             store.get_fuel().ok().map(|left| fuel_given - left)
         } else {
@@ -523,8 +531,8 @@ impl Sandbox {
         if limits.memory_bytes > self.config.max_memory_bytes {
             return Err(TaskError::InvalidLimits(format!(
                 "memory limit {} is above this sandbox's maximum of {}",
-                crate::error::humanize_bytes(limits.memory_bytes),
-                crate::error::humanize_bytes(self.config.max_memory_bytes)
+                wrun_abi::humanize_bytes(limits.memory_bytes),
+                wrun_abi::humanize_bytes(self.config.max_memory_bytes)
             )));
         }
         if limits.fuel.is_some() && !self.config.fuel_metering {

@@ -3,10 +3,27 @@
 //! A thin Cap'n Proto shell around [`wrun_core::Core`]. The bootstrap
 //! capability (`Cluster`) hands out sessions: a client gets a
 //! `ClientSession` that sees only its own tasks; a worker registers with the
-//! cluster secret and gets a `WorkerSession`. Each RPC turns into core
-//! events; the core's decisions are gathered per worker and per client and
-//! sent as one batched call each when the handler ends, so a map of 100,000
-//! tasks is a handful of messages, not 100,000.
+//! cluster secret and gets a `WorkerSession`. Each RPC is decoded, decided
+//! by a plain function or by the core, and the core's decisions are
+//! gathered per worker and per client and sent as one batched call each
+//! when the handler ends, so a map of 100,000 tasks is a handful of
+//! messages, not 100,000.
+//!
+//! The parts, one file each:
+//!
+//! | file | what |
+//! |---|---|
+//! | `server.rs` | binding, the scheduler file, the serving loop, the clock, shutting down |
+//! | `state.rs` | the state (core, workers, clients, logs) and the `Comm` outbox |
+//! | `encode.rs` | the outbox sent as batched calls |
+//! | `cluster.rs` | the bootstrap capability: sessions, shutdown |
+//! | `worker_session.rs` | a worker's events, heartbeats, retirement, module fetches |
+//! | `client_session.rs` | a client's calls, each decoded and handed on |
+//! | `submit.rs` | a submission decoded and validated into task specs |
+//! | `modules.rs` | module uploads and the module registry |
+//! | `jobs.rs` | detached jobs |
+//! | `fetch.rs` | results fetched from workers for clients |
+//! | `status.rs` | the typed cluster status |
 //!
 //! A dropped session is a disconnect: a worker's tasks are rescheduled, a
 //! client's tasks are cancelled and their results freed.
@@ -16,6 +33,16 @@
 
 #![deny(missing_docs)]
 
-mod service;
+mod client_session;
+mod cluster;
+mod encode;
+mod fetch;
+mod jobs;
+mod modules;
+mod server;
+mod state;
+mod status;
+mod submit;
+mod worker_session;
 
-pub use service::{SchedulerConfig, SchedulerHandle, run_scheduler, start_scheduler};
+pub use server::{SchedulerConfig, SchedulerHandle, run_scheduler, start_scheduler};

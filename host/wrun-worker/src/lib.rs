@@ -9,8 +9,7 @@
 //! tasks from the queue and run each in a fresh sandbox instance; results
 //! stay here until the scheduler frees them, and are served to peers and to
 //! the scheduler (for clients) in chunks. Events (started, finished,
-//! failed, steal answers) go back in batches: whatever accumulated while the
-//! previous batch was in flight.
+//! failed, steal answers) go back in batches.
 //!
 //! Leaving: a worker with a known end (a Slurm job's walltime, or
 //! `--lifetime`) retires a margin before it, and on SIGTERM or SIGINT: it
@@ -18,11 +17,72 @@
 //! back its queued tasks and had peers copy its results (`replicate`). A
 //! `shutdown` from the scheduler (the cluster is stopping) ends it cleanly.
 //!
+//! The parts, one file each:
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.rs` | how a worker runs, and how it ends |
+//! | `session.rs` | connect, register, events out, heartbeats, retirement |
+//! | `control.rs` | `WorkerControl`: run, steal, cancel, free, fetch, replicate, shutdown |
+//! | `inputs.rs` | an assignment's inputs, assembled into arguments |
+//! | `queue.rs` | the task queue, running tasks' cancel flags, tasks being prepared |
+//! | `executor.rs` | the executor threads |
+//! | `outbox.rs` | task events gathered into batches |
+//! | `peers.rs` | serving results to peers, fetching from them |
+//! | `state.rs` | what the RPC thread and the executors share |
+//! | `nanny.rs` | the nanny: the worker's parent process, restarting it |
+//!
 //! Threads: one RPC thread (current-thread tokio, `LocalSet`, `!Send`
 //! capabilities), and the executor threads (plain threads, `Send` data).
 
 #![deny(missing_docs)]
 
-mod worker;
+mod config;
+mod control;
+mod executor;
+mod inputs;
+mod nanny;
+mod outbox;
+mod peers;
+mod queue;
+mod session;
+mod state;
 
-pub use worker::{Departure, SchedulerTarget, WorkerConfig, WorkerError, run_worker};
+use std::sync::Arc;
+
+pub use config::{Departure, SchedulerTarget, WorkerConfig, WorkerError};
+pub use nanny::{Nanny, NannyExit, rss_bytes};
+use wrun_sandbox::{Sandbox, SandboxConfig};
+
+use crate::state::WorkerState;
+
+/// Joins a scheduler and runs its tasks until the connection ends or the
+/// worker retires.
+pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_tasks: config.threads.max(1) * 2,
+        ..config.sandbox.clone()
+    })
+    .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    let state = Arc::new(WorkerState::new(sandbox));
+    let executors: Vec<_> = (0..config.threads.max(1))
+        .map(|i| {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name(format!("wrun-task-{i}"))
+                .spawn(move || executor::executor(state))
+                .map_err(|e| WorkerError::Setup(format!("starting an executor thread: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, session::serve(config, state.clone()));
+    state.queue.stop();
+    for executor in executors {
+        let _ = executor.join();
+    }
+    result
+}

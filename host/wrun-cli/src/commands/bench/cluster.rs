@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
 use serde_json::{Value as Json, json};
-use wrun_client::{Client, Delayed, Module, Target, TaskOptions};
+use wrun_client::{Client, Delayed, Module, Target, TaskLimits, TaskOptions};
 
 use crate::exit::CommandResult;
+use crate::output::outln;
 
 struct Cluster {
     child: Child,
@@ -84,11 +85,7 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 fn worker_count(client: &Client) -> usize {
-    client
-        .status()
-        .ok()
-        .and_then(|s| s["workers"].as_array().map(Vec::len))
-        .unwrap_or(0)
+    client.status().ok().map(|s| s.workers.len()).unwrap_or(0)
 }
 
 fn wait_until(
@@ -218,8 +215,11 @@ fn darts(client: &Client, module: &Module) -> anyhow::Result<(f64, f64)> {
 fn transfer(client: &mut Client, module: &Module, log: &PathBuf) -> anyhow::Result<f64> {
     const BYTES: u64 = 64 << 20;
     client.set_options(TaskOptions {
-        memory_bytes: 1 << 30,
-        result_bytes: 128 << 20,
+        limits: TaskLimits {
+            memory_bytes: 1 << 30,
+            result_bytes: 128 << 20,
+            ..TaskLimits::DEFAULT
+        },
         ..TaskOptions::default()
     });
     let mut best: f64 = 0.0;
@@ -290,7 +290,7 @@ fn metg(
 }
 
 pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandResult {
-    let module_path = crate::bench::seed_module(module)?;
+    let module_path = super::sandbox::seed_module(module)?;
     let bytes = std::fs::read(&module_path)
         .with_context(|| format!("reading {}", module_path.display()))?;
     let dir = std::env::temp_dir();
@@ -351,7 +351,7 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
         )
         .map_err(|e| anyhow!(e))?;
     wait_until("100k queued tasks", Duration::from_secs(60), || {
-        client.status().ok().and_then(|s| s["queued"].as_u64()) == Some(100_000)
+        client.status().ok().map(|s| s.tasks.queued) == Some(100_000)
     })?;
     let after = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
     let bytes_per_task = (after.saturating_sub(before) * 1024) as f64 / 100_000.0;
@@ -360,8 +360,8 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
     drop(scheduler);
 
     let r = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
-    println!("wrun bench cluster  (wrun local: 2 workers x 1 thread, like the Dask scripts)");
-    let row = |name: &str, value: String| println!("  {name:<44} {value:>14}");
+    outln!("wrun bench cluster  (wrun local: 2 workers x 1 thread, like the Dask scripts)");
+    let row = |name: &str, value: String| outln!("  {name:<44} {value:>14}");
     row(
         "start-up, command to 2 workers ready",
         format!("{start_s:.3} s"),
@@ -403,7 +403,7 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
             .map(|d| format!("{d} µs"))
             .unwrap_or_else(|| "none".to_owned()),
     );
-    println!(
+    outln!(
         "{}",
         json!({
             "bench": "cluster",

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
-use wrun_client::{Client, Target};
-use wrun_slurm::{JobScript, SlurmError, WorkerCommand};
+use wrun_abi::units::{ByteSize, HumanDuration};
+use wrun_client::{Client, ClusterStatus, Target, WorkerStatus};
+use wrun_slurm::{AdaptBounds, AdaptJob, JobScript, SlurmError, WorkerCommand};
 
 use crate::exit::{CommandResult, Failure};
-use crate::units::{parse_duration, parse_size};
+use crate::output::{out, outln};
 
 /// `wrun slurm ...`.
 #[derive(Debug, Subcommand)]
@@ -82,8 +82,8 @@ pub(crate) struct JobArgs {
     #[arg(long, env = "WRUN_SLURM_PROCESSES", default_value_t = 1)]
     processes: u32,
     /// Memory per job (`--mem`), shared by its processes.
-    #[arg(long, env = "WRUN_SLURM_MEMORY", default_value = "4GiB", value_parser = parse_size)]
-    memory: u64,
+    #[arg(long, env = "WRUN_SLURM_MEMORY", default_value = "4GiB")]
+    memory: ByteSize,
     /// Walltime per job, [D-]HH:MM:SS or minutes.
     #[arg(long, env = "WRUN_SLURM_WALLTIME", default_value = "00:30:00", value_parser = parse_walltime)]
     walltime: Duration,
@@ -100,26 +100,33 @@ pub(crate) struct JobArgs {
     #[arg(
         long = "extra-directive",
         env = "WRUN_SLURM_EXTRA_DIRECTIVES",
-        value_delimiter = '\n'
+        value_delimiter = '\n',
+        allow_hyphen_values = true
     )]
     extra_directives: Vec<String>,
     /// Leave out generated directives containing this text, e.g. '--mem' (repeatable).
     #[arg(
         long = "skip-directive",
         env = "WRUN_SLURM_SKIP_DIRECTIVES",
-        value_delimiter = '\n'
+        value_delimiter = '\n',
+        allow_hyphen_values = true
     )]
     skip_directives: Vec<String>,
     /// A shell line run before the workers start, e.g. 'module load x' (repeatable).
-    #[arg(long = "prologue", env = "WRUN_SLURM_PROLOGUE", value_delimiter = '\n')]
+    #[arg(
+        long = "prologue",
+        env = "WRUN_SLURM_PROLOGUE",
+        value_delimiter = '\n',
+        allow_hyphen_values = true
+    )]
     prologue: Vec<String>,
     /// The jobs' name.
     #[arg(long, env = "WRUN_SLURM_JOB_NAME", default_value = "wrun-worker")]
     job_name: String,
     /// Workers retire this long before the walltime ends: they stop taking
     /// tasks and hand their results to peers.
-    #[arg(long, env = "WRUN_RETIRE_MARGIN", default_value = "60s", value_parser = parse_duration)]
-    retire_margin: Duration,
+    #[arg(long, env = "WRUN_RETIRE_MARGIN", default_value = "60s")]
+    retire_margin: HumanDuration,
     /// Where job output goes [default: logs/ beside the scheduler file].
     #[arg(long, env = "WRUN_SLURM_LOG_DIR")]
     log_dir: Option<PathBuf>,
@@ -135,11 +142,11 @@ fn parse_walltime(text: &str) -> Result<Duration, String> {
 
 impl JobArgs {
     fn script(&self) -> Result<JobScript, Failure> {
-        if self.walltime <= self.retire_margin {
+        if self.walltime <= self.retire_margin.0 {
             return Err(Failure::input(anyhow!(
                 "the walltime {} is not longer than the retirement margin {}: workers would retire as they start; lengthen --walltime or shorten --retire-margin",
                 wrun_slurm::format_duration(self.walltime),
-                wrun_slurm::format_duration(self.retire_margin)
+                wrun_slurm::format_duration(self.retire_margin.0)
             )));
         }
         if self.processes == 0 || self.cores < self.processes {
@@ -154,7 +161,7 @@ impl JobArgs {
             job_name: self.job_name.clone(),
             cores: self.cores,
             processes: self.processes,
-            memory_bytes: self.memory,
+            memory_bytes: self.memory.0,
             walltime: self.walltime,
             partition: self.partition.clone(),
             account: self.account.clone(),
@@ -170,7 +177,7 @@ impl JobArgs {
                 wrun: std::env::current_exe().context("finding the wrun binary")?,
                 scheduler_file: file,
                 interface: self.interface.clone(),
-                retire_margin: self.retire_margin,
+                retire_margin: self.retire_margin.0,
             },
         })
     }
@@ -191,8 +198,8 @@ pub(crate) struct UpArgs {
     workers: u32,
     /// How long to wait for the workers to be ready; jobs still pending
     /// then are cancelled and reported with Slurm's reason.
-    #[arg(long, env = "WRUN_SLURM_START_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
-    start_timeout: Duration,
+    #[arg(long, env = "WRUN_SLURM_START_TIMEOUT", default_value = "300s")]
+    start_timeout: HumanDuration,
     /// Return once the jobs are submitted, without waiting for the workers.
     #[arg(long)]
     no_wait: bool,
@@ -210,12 +217,12 @@ pub(crate) struct AdaptArgs {
     #[arg(long)]
     max: u32,
     /// How often to look at the load.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    interval: Duration,
+    #[arg(long, default_value = "1s")]
+    interval: HumanDuration,
     /// A job idle (or still pending) this long while there are more jobs
     /// than the load needs is cancelled.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    idle_grace: Duration,
+    #[arg(long, default_value = "10s")]
+    idle_grace: HumanDuration,
     /// Run in this process instead of the background.
     #[arg(long)]
     foreground: bool,
@@ -335,14 +342,11 @@ fn connect(file: &Path, timeout: Duration) -> Result<Client, wrun_client::Client
 }
 
 /// Workers in a status answer, by Slurm job id.
-fn workers_by_job(status: &Json) -> BTreeMap<String, Vec<Json>> {
-    let mut by_job: BTreeMap<String, Vec<Json>> = BTreeMap::new();
-    for worker in status["workers"].as_array().into_iter().flatten() {
-        if let Some(job) = worker["slurm_job_id"].as_str() {
-            by_job
-                .entry(job.to_owned())
-                .or_default()
-                .push(worker.clone());
+fn workers_by_job(status: &ClusterStatus) -> BTreeMap<&str, Vec<&WorkerStatus>> {
+    let mut by_job: BTreeMap<&str, Vec<&WorkerStatus>> = BTreeMap::new();
+    for worker in &status.workers {
+        if let Some(job) = &worker.slurm_job_id {
+            by_job.entry(job.as_str()).or_default().push(worker);
         }
     }
     by_job
@@ -359,16 +363,18 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub(crate) fn run(command: SlurmCommand) -> CommandResult {
-    match command {
-        SlurmCommand::Up(args) => up(args),
-        SlurmCommand::JobScript(args) => {
-            print!("{}", args.script()?.render());
-            Ok(())
+impl SlurmCommand {
+    pub(crate) fn execute(self) -> CommandResult {
+        match self {
+            SlurmCommand::Up(args) => up(args),
+            SlurmCommand::JobScript(args) => {
+                out!("{}", args.script()?.render());
+                Ok(())
+            }
+            SlurmCommand::Scale { jobs, cluster } => scale(jobs, &cluster),
+            SlurmCommand::Adapt(args) => adapt(args),
+            SlurmCommand::Down { cluster } => down(&cluster),
         }
-        SlurmCommand::Scale { jobs, cluster } => scale(jobs, &cluster),
-        SlurmCommand::Adapt(args) => adapt(args),
-        SlurmCommand::Down { cluster } => down(&cluster),
     }
 }
 
@@ -391,7 +397,7 @@ fn up(args: UpArgs) -> CommandResult {
     // Join a scheduler that answers; otherwise start one.
     let running = file.exists() && connect(&file, Duration::from_secs(2)).is_ok();
     if running {
-        println!("wrun slurm: joining the scheduler of {}", file.display());
+        outln!("wrun slurm: joining the scheduler of {}", file.display());
     } else {
         let _ = std::fs::remove_file(&file);
         let host = match &args.job.interface {
@@ -448,7 +454,7 @@ fn up(args: UpArgs) -> CommandResult {
             }
         }
     }
-    println!(
+    outln!(
         "wrun slurm: scheduler file {}; submitted {} worker job(s): {}",
         file.display(),
         submitted.len(),
@@ -460,7 +466,7 @@ fn up(args: UpArgs) -> CommandResult {
     let expected = submitted.len() * script.processes as usize;
     let client = connect(&file, Duration::from_secs(10))
         .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
-    let deadline = Instant::now() + args.start_timeout;
+    let deadline = Instant::now() + args.start_timeout.0;
     loop {
         let status = client
             .status()
@@ -468,10 +474,10 @@ fn up(args: UpArgs) -> CommandResult {
         let by_job = workers_by_job(&status);
         let ready: usize = submitted
             .iter()
-            .map(|j| by_job.get(j).map_or(0, Vec::len))
+            .map(|j| by_job.get(j.as_str()).map_or(0, Vec::len))
             .sum();
         if ready >= expected {
-            println!(
+            outln!(
                 "wrun slurm: {ready} worker(s) ready in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
@@ -480,7 +486,7 @@ fn up(args: UpArgs) -> CommandResult {
         // A job that ended before its workers joined will never join.
         let waiting: Vec<String> = submitted
             .iter()
-            .filter(|j| !by_job.contains_key(*j))
+            .filter(|j| !by_job.contains_key(j.as_str()))
             .cloned()
             .collect();
         let states = wrun_slurm::job_states(&waiting).map_err(slurm_failure)?;
@@ -508,14 +514,11 @@ fn up(args: UpArgs) -> CommandResult {
             let _ = wrun_slurm::scancel(&waiting);
             state.jobs.retain(|j| !waiting.contains(j));
             state.save(&file)?;
-            return Err(Failure {
-                code: 3,
-                error: anyhow!(
-                    "{ready} of {expected} worker(s) ready after --start-timeout {}; cancelled the jobs not started: {}",
-                    wrun_slurm::format_duration(args.start_timeout),
-                    reasons.join("; ")
-                ),
-            });
+            return Err(Failure::unreachable(anyhow!(
+                "{ready} of {expected} worker(s) ready after --start-timeout {}; cancelled the jobs not started: {}",
+                wrun_slurm::format_duration(args.start_timeout.0),
+                reasons.join("; ")
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -551,7 +554,7 @@ fn refresh_jobs(state: &mut ClusterState) -> Result<BTreeSet<String>, Failure> {
 fn submit_more(state: &mut ClusterState, file: &Path, count: u32) -> Result<(), Failure> {
     for _ in 0..count {
         let id = wrun_slurm::sbatch(&state.script).map_err(slurm_failure)?;
-        println!("wrun slurm: submitted worker job {id}");
+        outln!("wrun slurm: submitted worker job {id}");
         state.jobs.push(id);
         state.save(file)?;
     }
@@ -564,7 +567,7 @@ fn cancel_jobs(state: &mut ClusterState, file: &Path, jobs: &[String]) -> Result
         return Ok(());
     }
     wrun_slurm::scancel(jobs).map_err(slurm_failure)?;
-    println!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
+    outln!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
     state.jobs.retain(|j| !jobs.contains(j));
     state.save(file)
 }
@@ -585,7 +588,7 @@ fn scale(target: u32, cluster: &ClusterArgs) -> CommandResult {
         let cancel: Vec<String> = order.into_iter().take((have - target) as usize).collect();
         cancel_jobs(&mut state, &file, &cancel)?;
     }
-    println!("wrun slurm: {} worker job(s)", state.jobs.len());
+    outln!("wrun slurm: {} worker job(s)", state.jobs.len());
     Ok(())
 }
 
@@ -612,9 +615,9 @@ fn adapt(args: AdaptArgs) -> CommandResult {
                 "--max".into(),
                 args.max.to_string(),
                 "--interval".into(),
-                format!("{}ms", args.interval.as_millis()),
+                args.interval.to_string(),
                 "--idle-grace".into(),
-                format!("{}ms", args.idle_grace.as_millis()),
+                args.idle_grace.to_string(),
                 "--scheduler-file".into(),
                 file.to_string_lossy().into_owned(),
             ],
@@ -622,7 +625,7 @@ fn adapt(args: AdaptArgs) -> CommandResult {
         )?;
         state.adaptor_pid = Some(pid);
         state.save(&file)?;
-        println!(
+        outln!(
             "wrun slurm: adapting between {} and {} worker job(s) (pid {pid}, log {})",
             args.min,
             args.max,
@@ -630,61 +633,51 @@ fn adapt(args: AdaptArgs) -> CommandResult {
         );
         return Ok(());
     }
-    let stop = crate::cluster::stop_flag();
+    let stop = crate::signals::stop_flag();
     let client = connect(&file, Duration::from_secs(30))
         .map_err(|e| anyhow!("cannot reach the scheduler: {e}"))?;
+    let bounds = AdaptBounds {
+        min: args.min,
+        max: args.max,
+        idle_grace: args.idle_grace.0,
+    };
     let mut idle_since: BTreeMap<String, Instant> = BTreeMap::new();
-    let per_job = state.threads_per_job.max(1) as u64;
     while !stop.load(Ordering::SeqCst) {
         let status = client
             .status()
             .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
         let pending = refresh_jobs(&mut state)?;
         let by_job = workers_by_job(&status);
-        let assigned: u64 = status["workers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|w| w["assigned"].as_u64().unwrap_or(0))
-            .sum();
-        let load = status["queued"].as_u64().unwrap_or(0) + assigned;
-        let target = (load.div_ceil(per_job) as u32).clamp(args.min, args.max);
-        let have = state.jobs.len() as u32;
         let now = Instant::now();
         // A job is idle while pending or while all its workers have no task.
-        for job in &state.jobs {
-            let idle = pending.contains(job)
-                || by_job.get(job).is_some_and(|workers| {
-                    workers
-                        .iter()
-                        .all(|w| w["assigned"].as_u64().unwrap_or(0) == 0)
-                });
-            if idle {
-                idle_since.entry(job.clone()).or_insert(now);
-            } else {
-                idle_since.remove(job);
-            }
-        }
-        idle_since.retain(|job, _| state.jobs.contains(job));
-        if target > have {
-            submit_more(&mut state, &file, target - have)?;
-        } else if target < have {
-            let mut surplus: Vec<String> = state
-                .jobs
-                .iter()
-                .filter(|j| {
-                    idle_since
-                        .get(*j)
-                        .is_some_and(|since| now.duration_since(*since) >= args.idle_grace)
-                })
-                .cloned()
-                .collect();
-            surplus.sort_by_key(|j| !pending.contains(j));
-            surplus.truncate((have - target) as usize);
-            cancel_jobs(&mut state, &file, &surplus)?;
-        }
+        let idle_now: Vec<(String, bool)> = state
+            .jobs
+            .iter()
+            .map(|job| {
+                let idle = pending.contains(job)
+                    || by_job
+                        .get(job.as_str())
+                        .is_some_and(|workers| workers.iter().all(|w| w.assigned == 0));
+                (job.clone(), idle)
+            })
+            .collect();
+        idle_since = wrun_slurm::idle_times(&idle_since, &idle_now, now);
+        let jobs: Vec<AdaptJob> = state
+            .jobs
+            .iter()
+            .map(|id| AdaptJob {
+                id: id.clone(),
+                pending: pending.contains(id),
+                idle_since: idle_since.get(id).copied(),
+            })
+            .collect();
+        let on_workers: u64 = status.workers.iter().map(|w| u64::from(w.assigned)).sum();
+        let load = status.tasks.queued + on_workers;
+        let plan = wrun_slurm::plan(load, state.threads_per_job, &jobs, now, bounds);
+        submit_more(&mut state, &file, plan.submit)?;
+        cancel_jobs(&mut state, &file, &plan.cancel)?;
         state.save(&file)?;
-        let until = Instant::now() + args.interval;
+        let until = Instant::now() + args.interval.0;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -699,7 +692,7 @@ fn down(cluster: &ClusterArgs) -> CommandResult {
     let jobs = state.jobs.clone();
     if !jobs.is_empty() {
         wrun_slurm::scancel(&jobs).map_err(slurm_failure)?;
-        println!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
+        outln!("wrun slurm: cancelled worker job(s) {}", jobs.join(" "));
     }
     // Wait (bounded) until Slurm lists none of them: workers retire on SIGTERM.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -720,7 +713,7 @@ fn down(cluster: &ClusterArgs) -> CommandResult {
     if let Some(pid) = state.scheduler_pid.take() {
         stop_process(pid, Duration::from_secs(10));
         let _ = std::fs::remove_file(&file);
-        println!("wrun slurm: stopped the scheduler");
+        outln!("wrun slurm: stopped the scheduler");
     }
     let _ = std::fs::remove_file(state_path(&file));
     Ok(())

@@ -1,4 +1,4 @@
-//! `wrun submit graph.toml`: a task graph from a file.
+//! Graph files (`wrun submit graph.toml`): a task graph written in TOML.
 //!
 //! ```toml
 //! module = "seed_tasks.wasm"      # relative to this file

@@ -2,7 +2,7 @@
 //!
 //! Prints a table, then one JSON object as the last line. Run it on a
 //! release build and a quiet machine: on 2 vCPUs any other job changes
-//! every figure (STACK.md).
+//! every figure (docs/ARCHITECTURE.md, "Measured facts").
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +15,12 @@ use wrun_abi::Value;
 use wrun_sandbox::{LoadSource, Sandbox, SandboxConfig, TaskLimits};
 
 use crate::exit::{CommandResult, Failure};
+use crate::output::outln;
 
 /// The seed workloads' darts kernel, compiled natively from the same file
 /// the Wasm module is built from.
 #[allow(unreachable_pub, dead_code)]
-#[path = "../../../examples/seed-tasks/src/darts.rs"]
+#[path = "../../../../../examples/seed-tasks/src/darts.rs"]
 mod darts_kernel;
 
 const DARTS: u64 = 10_000_000;
@@ -173,13 +174,13 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
     }
     let ratio = wasm.as_secs_f64() / native.as_secs_f64();
 
-    println!(
+    outln!(
         "wrun bench sandbox  ({} bytes module, {threads} threads)",
         bytes.len()
     );
-    println!("{:<44} {:>12} {:>12}", "measure", "value", "target");
+    outln!("{:<44} {:>12} {:>12}", "measure", "value", "target");
     let row =
-        |name: &str, value: String, target: &str| println!("{name:<44} {value:>12} {target:>12}");
+        |name: &str, value: String, target: &str| outln!("{name:<44} {value:>12} {target:>12}");
     row(
         "no-op task p50 (1 thread)",
         format!("{:.2} µs", p50.as_secs_f64() * 1e6),
@@ -216,7 +217,7 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
         "",
     );
     row("darts wasm / native", format!("{ratio:.3}"), "≤ 1.1");
-    println!(
+    outln!(
         "{}",
         json!({
             "bench": "sandbox",

@@ -14,12 +14,17 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, anyhow};
 use clap::Args;
 
-use crate::exit::{CommandResult, Failure};
-use crate::units::{parse_duration, parse_size};
+use wrun_abi::units::{ByteSize, HumanDuration};
 
-/// Flags of `wrun mpi`.
+use crate::exit::{CommandResult, Failure, clamp_code};
+
+/// Every rank of an MPI or srun launch (like dask-mpi): rank 0 runs the
+/// scheduler, rank 1 the client command, the rest workers. When the
+/// command ends, every rank exits with its exit code.
+///
+/// `mpiexec -n 4 wrun mpi -- wrun submit m.wasm --map inc 1 2 3`
 #[derive(Debug, Args)]
-pub(crate) struct MpiArgs {
+pub(crate) struct MpiCommand {
     /// Where rank 0 writes the scheduler file and the others read it; on a
     /// file system all nodes share [default: wrun-mpi-<job>.json here].
     #[arg(long, env = "WRUN_SCHEDULER_FILE")]
@@ -28,14 +33,14 @@ pub(crate) struct MpiArgs {
     #[arg(long, env = "WRUN_THREADS", default_value_t = 1)]
     threads: u32,
     /// Memory per worker rank (its nanny restarts it above this).
-    #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB", value_parser = parse_size)]
-    memory: u64,
+    #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB")]
+    memory: ByteSize,
     /// Network interface for the scheduler and workers (e.g. ib0).
     #[arg(long, env = "WRUN_INTERFACE")]
     interface: Option<String>,
     /// How long ranks wait for the scheduler.
-    #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    connect_timeout: Duration,
+    #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s")]
+    connect_timeout: HumanDuration,
     /// The client command rank 1 runs, with WRUN_SCHEDULER_FILE set.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -48,7 +53,7 @@ pub(crate) struct Rank {
     pub(crate) size: Option<u32>,
 }
 
-/// Reads the rank the way each launcher sets it (../shared/slurm/MPI.md):
+/// Reads the rank the way each launcher sets it (deploy/slurm/README.md, "MPI"):
 /// Open MPI, then MPICH/PMI (and srun --mpi=pmi2), then PMIx, then srun.
 pub(crate) fn rank_from(env: impl Fn(&str) -> Option<String>) -> Option<Rank> {
     let number = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
@@ -93,20 +98,23 @@ fn wait_for_fresh_file(path: &Path, since: SystemTime, timeout: Duration) -> Res
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(Failure {
-                code: 3,
-                error: anyhow!(
-                    "rank 0 did not write the scheduler file {} within {} s (is it on a file system all ranks share?)",
-                    path.display(),
-                    timeout.as_secs()
-                ),
-            });
+            return Err(Failure::unreachable(anyhow!(
+                "rank 0 did not write the scheduler file {} within {} s (is it on a file system all ranks share?)",
+                path.display(),
+                timeout.as_secs()
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
+impl MpiCommand {
+    pub(crate) fn execute(self) -> CommandResult {
+        mpi(self)
+    }
+}
+
+fn mpi(args: MpiCommand) -> CommandResult {
     let started = SystemTime::now() - Duration::from_secs(30);
     let Some(Rank { rank, size }) = rank_from(|name| std::env::var(name).ok()) else {
         return Err(Failure::input(anyhow!(
@@ -145,7 +153,7 @@ pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
             Err(anyhow!("starting the scheduler: {error}").into())
         }
         1 => {
-            wait_for_fresh_file(&file, started, args.connect_timeout)?;
+            wait_for_fresh_file(&file, started, args.connect_timeout.0)?;
             eprintln!("wrun mpi: rank 1 runs {:?}", args.command.join(" "));
             let status = Command::new(&args.command[0])
                 .args(&args.command[1..])
@@ -158,21 +166,22 @@ pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
                     127
                 }
             };
-            if let Err(error) = crate::cluster::shutdown_cluster(&file, code, args.connect_timeout)
+            if let Err(error) =
+                crate::commands::shutdown::shutdown_cluster(&file, code, args.connect_timeout.0)
             {
                 eprintln!("wrun mpi: could not shut the cluster down: {error:#}");
             }
             if code == 0 {
                 Ok(())
             } else {
-                Err(Failure {
-                    code: code.clamp(1, 255) as u8,
-                    error: anyhow!("the client command exited with code {code}"),
-                })
+                Err(Failure::with_code(
+                    clamp_code(code),
+                    anyhow!("the client command exited with code {code}"),
+                ))
             }
         }
         _ => {
-            wait_for_fresh_file(&file, started, args.connect_timeout)?;
+            wait_for_fresh_file(&file, started, args.connect_timeout.0)?;
             let mut worker = Command::new(&exe);
             worker
                 .arg("worker")
@@ -181,11 +190,11 @@ pub(crate) fn mpi(args: MpiArgs) -> CommandResult {
                 .arg("--threads")
                 .arg(args.threads.to_string())
                 .arg("--memory")
-                .arg(args.memory.to_string())
+                .arg(args.memory.0.to_string())
                 .arg("--name")
                 .arg(format!("mpi-rank-{rank}"))
                 .arg("--connect-timeout")
-                .arg(format!("{}ms", args.connect_timeout.as_millis()));
+                .arg(args.connect_timeout.to_string());
             match &args.interface {
                 Some(interface) => worker.arg("--interface").arg(interface),
                 None => worker.arg("--peer-host").arg("auto"),

@@ -1,0 +1,137 @@
+//! Flag groups several commands share: where the scheduler is, task
+//! limits, the module cache, the scheduling policy. Every flag has a
+//! `WRUN_*` environment fallback (and so a `--config` key).
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Args;
+use wrun_abi::TaskLimits;
+use wrun_abi::units::{ByteSize, HumanDuration};
+use wrun_client::{Client, ClientError, Target};
+
+use crate::exit::Failure;
+
+/// How to find the scheduler.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SchedulerArgs {
+    /// The scheduler file to read (waited for until --connect-timeout).
+    #[arg(long, env = "WRUN_SCHEDULER_FILE", conflicts_with = "scheduler")]
+    pub(crate) scheduler_file: Option<PathBuf>,
+    /// The scheduler's address, host:port.
+    #[arg(long, env = "WRUN_SCHEDULER")]
+    pub(crate) scheduler: Option<String>,
+    /// How long to wait for the scheduler file and the connection.
+    #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s")]
+    pub(crate) connect_timeout: HumanDuration,
+}
+
+impl SchedulerArgs {
+    pub(crate) fn target(&self) -> Option<Target> {
+        match (&self.scheduler_file, &self.scheduler) {
+            (Some(file), _) => Some(Target::File(file.clone())),
+            (None, Some(address)) => Some(Target::Address(address.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Connects to the scheduler these flags name (one must be named).
+    pub(crate) fn connect(&self) -> Result<Client, Failure> {
+        let target = self.target().ok_or_else(|| {
+            Failure::input(anyhow!(
+                "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
+            ))
+        })?;
+        Client::connect(&target, self.connect_timeout.0).map_err(client_failure)
+    }
+}
+
+/// A client error as a command's failure: unreachable, or refused input.
+pub(crate) fn client_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Connect(_) | ClientError::Disconnected(_) => Failure::unreachable(error),
+        other => Failure::input(other),
+    }
+}
+
+/// Limits of each task run. Defaults are [`TaskLimits::DEFAULT`]'s.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LimitArgs {
+    /// Wall-time limit per task (e.g. 500ms, 10s, 2m).
+    #[arg(long, env = "WRUN_TIMEOUT", default_value_t = HumanDuration(TaskLimits::DEFAULT.timeout))]
+    pub(crate) timeout: HumanDuration,
+    /// Linear-memory limit per task (e.g. 64MiB, 1GiB).
+    #[arg(long, env = "WRUN_MEMORY", default_value_t = ByteSize(TaskLimits::DEFAULT.memory_bytes))]
+    pub(crate) memory: ByteSize,
+    /// Fuel limit per task (about one unit per Wasm instruction); turns on metering.
+    #[arg(long, env = "WRUN_FUEL")]
+    pub(crate) fuel: Option<u64>,
+    /// Largest encoded result a task may return.
+    #[arg(long, env = "WRUN_MAX_RESULT", default_value_t = ByteSize(TaskLimits::DEFAULT.result_bytes))]
+    pub(crate) max_result: ByteSize,
+    /// Captured stdout kept per task; the rest is dropped with a marker.
+    #[arg(long, env = "WRUN_MAX_STDOUT", default_value_t = ByteSize(TaskLimits::DEFAULT.stdout_bytes))]
+    pub(crate) max_stdout: ByteSize,
+    /// Captured stderr kept per task; the rest is dropped with a marker.
+    #[arg(long, env = "WRUN_MAX_STDERR", default_value_t = ByteSize(TaskLimits::DEFAULT.stderr_bytes))]
+    pub(crate) max_stderr: ByteSize,
+}
+
+impl LimitArgs {
+    pub(crate) fn limits(&self) -> TaskLimits {
+        TaskLimits {
+            memory_bytes: self.memory.0,
+            timeout: self.timeout.0,
+            fuel: self.fuel,
+            result_bytes: self.max_result.0,
+            stdout_bytes: self.max_stdout.0,
+            stderr_bytes: self.max_stderr.0,
+        }
+    }
+}
+
+/// Where compiled modules are cached.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CacheArgs {
+    /// Directory of the compiled-module cache [default: ~/.cache/wrun/modules].
+    #[arg(long, env = "WRUN_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Do not read or write the compiled-module cache.
+    #[arg(long, env = "WRUN_NO_CACHE")]
+    pub(crate) no_cache: bool,
+}
+
+impl CacheArgs {
+    pub(crate) fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(wrun_sandbox::default_cache_dir)
+        }
+    }
+}
+
+/// The scheduling policy's tunables, for `wrun scheduler` and `wrun local`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PolicyArgs {
+    /// Tasks a worker may hold per thread (running plus queued on it):
+    /// deeper queues hide round trips for tiny tasks; idle workers steal
+    /// from deep queues, so balance is kept either way.
+    #[arg(long, env = "WRUN_QUEUE_PER_SLOT", default_value_t = wrun_core::CoreConfig::default().queue_per_slot)]
+    pub(crate) queue_per_slot: u32,
+    /// A worker silent this long is removed and its work rescheduled.
+    #[arg(long, env = "WRUN_HEARTBEAT_TIMEOUT", default_value_t = HumanDuration(wrun_core::CoreConfig::default().heartbeat_timeout))]
+    pub(crate) heartbeat_timeout: HumanDuration,
+}
+
+impl PolicyArgs {
+    pub(crate) fn core(&self) -> wrun_core::CoreConfig {
+        wrun_core::CoreConfig {
+            queue_per_slot: self.queue_per_slot.max(1),
+            heartbeat_timeout: self.heartbeat_timeout.0,
+            ..wrun_core::CoreConfig::default()
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! One file per subcommand (or family), each with its clap struct and an
+//! `execute`.
+
+pub(crate) mod bench;
+pub(crate) mod build;
+pub(crate) mod inspect;
+pub(crate) mod jobs;
+pub(crate) mod local;
+pub(crate) mod mpi;
+pub(crate) mod new;
+pub(crate) mod run;
+pub(crate) mod scheduler;
+pub(crate) mod shutdown;
+pub(crate) mod slurm;
+pub(crate) mod status;
+pub(crate) mod submit;
+pub(crate) mod worker;

@@ -1,0 +1,280 @@
+//! `wrun submit`: a task, a map, or a graph file, on a cluster (or on an
+//! embedded one for the call), results printed as JSON lines in order.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use serde_json::Value as Json;
+use wrun_client::{Argument, Client, GraphArg, TaskOptions};
+use wrun_local::{EmbeddedCluster, EmbeddedConfig};
+
+use crate::args::{LimitArgs, SchedulerArgs, client_failure};
+use crate::exit::{CommandResult, Failure};
+use crate::graph_file::{self, GraphValue};
+use crate::output::outln;
+use crate::progress::Progress;
+
+/// Run a task (or a map of tasks) on a cluster and print the JSON results.
+///
+/// With no scheduler named, an embedded cluster runs for the call.
+/// Exit codes: 0 all succeeded, 1 a task failed, 2 usage or input error,
+/// 3 cluster unreachable.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SubmitCommand {
+    /// The .wasm module, or a graph file (`.toml`, see below).
+    module: PathBuf,
+    /// The task to run (not with a graph file).
+    task: Option<String>,
+    /// Arguments: JSON values. With --map, one call per ARG: the task's only
+    /// argument, or a JSON array of all its arguments.
+    #[arg(allow_negative_numbers = true)]
+    arg: Vec<String>,
+    /// Fan out: one task per ARG (or per line of --args-file), results in order.
+    #[arg(long)]
+    map: bool,
+    /// One JSON array of arguments per line, one task each (implies --map).
+    #[arg(long, conflicts_with = "arg")]
+    args_file: Option<PathBuf>,
+    /// Runs again after a task error (errors are deterministic, so default 0).
+    #[arg(long, env = "WRUN_RETRIES", default_value_t = 0)]
+    retries: u32,
+    /// Print a job id and return; the cluster keeps the tasks for
+    /// `wrun gather JOB`, `wrun logs JOB`, `wrun cancel JOB`.
+    #[arg(long)]
+    detach: bool,
+    /// The job's name with --detach [default: a new job-N].
+    #[arg(long, requires = "detach")]
+    job: Option<String>,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+impl SubmitCommand {
+    fn parse_calls(&self, params: usize) -> Result<Vec<Vec<Json>>, Failure> {
+        let parse = |text: &str, what: String| -> Result<Json, Failure> {
+            serde_json::from_str(text).map_err(|error| {
+                Failure::input(anyhow!("{what} ({text:?}) is not valid JSON: {error}; strings need quotes, e.g. '\"{text}\"'"))
+            })
+        };
+        if let Some(path) = &self.args_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut calls = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                match parse(line, format!("line {} of {}", n + 1, path.display()))? {
+                    Json::Array(items) => calls.push(items),
+                    _ => {
+                        return Err(Failure::input(anyhow!(
+                            "line {} of {}: expected a JSON array of arguments",
+                            n + 1,
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            return Ok(calls);
+        }
+        let values: Vec<Json> = self
+            .arg
+            .iter()
+            .enumerate()
+            .map(|(i, text)| parse(text, format!("argument {}", i + 1)))
+            .collect::<Result<_, _>>()?;
+        if !self.map {
+            return Ok(vec![values]);
+        }
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| match (params, value) {
+                (1, value) => Ok(vec![value]),
+                (_, Json::Array(items)) => Ok(items),
+                (_, other) => Err(Failure::input(anyhow!(
+                    "argument {} ({other}): with --map, a task of {params} parameters takes a JSON array of arguments per call",
+                    i + 1
+                ))),
+            })
+            .collect()
+    }
+
+    /// Connects to the named scheduler, or starts an embedded cluster.
+    fn connect_or_embed(&self) -> Result<(Option<EmbeddedCluster>, Client), Failure> {
+        let (embedded, target) = match self.scheduler.target() {
+            Some(target) => (None, target),
+            None => {
+                let cluster = EmbeddedCluster::start(EmbeddedConfig::default())
+                    .context("starting an embedded cluster")?;
+                let target = cluster.target();
+                (Some(cluster), target)
+            }
+        };
+        let mut client =
+            Client::connect(&target, self.scheduler.connect_timeout.0).map_err(client_failure)?;
+        client.set_options(TaskOptions {
+            limits: self.limits.limits(),
+            retries: self.retries,
+        });
+        Ok((embedded, client))
+    }
+
+    pub(crate) fn execute(self) -> CommandResult {
+        if self.detach && self.scheduler.target().is_none() {
+            return Err(Failure::input(anyhow!(
+                "--detach needs a cluster that outlives this command: name it with --scheduler-file or --scheduler"
+            )));
+        }
+        if self.module.extension().is_some_and(|e| e == "toml") {
+            return self.submit_graph();
+        }
+        let Some(task) = self.task.clone() else {
+            return Err(Failure::input(anyhow!(
+                "name the TASK to run (or give a graph file ending in .toml)"
+            )));
+        };
+        let bytes = std::fs::read(&self.module)
+            .with_context(|| format!("cannot read the module {}", self.module.display()))?;
+        let signatures = wrun_abi::read_task_signatures(&bytes)
+            .with_context(|| self.module.display().to_string())?;
+        let Some(signature) = signatures.iter().find(|s| s.name == task) else {
+            return Err(Failure::input(anyhow!(
+                "unknown task `{}`; the module has: {}",
+                task,
+                signatures
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let calls = self.parse_calls(signature.params.len())?;
+        let fan_out = self.map || self.args_file.is_some();
+        // Check every call's arguments before anything is sent.
+        for (i, call) in calls.iter().enumerate() {
+            wrun_abi::encode_args_from_json(signature, call).map_err(|e| {
+                Failure::input(if fan_out {
+                    anyhow!("call {}: {e}", i + 1)
+                } else {
+                    anyhow!(e)
+                })
+            })?;
+        }
+
+        let (embedded, client) = self.connect_or_embed()?;
+        let module = client.upload(&bytes).map_err(client_failure)?;
+        let calls: Vec<Vec<Argument>> = calls
+            .into_iter()
+            .map(|c| c.into_iter().map(Argument::from).collect())
+            .collect();
+        let futures = client.map(&module, &task, calls).map_err(client_failure)?;
+        if self.detach {
+            let job = client
+                .detach(futures, self.job.as_deref().unwrap_or(""))
+                .map_err(client_failure)?;
+            outln!("{job}");
+            return Ok(());
+        }
+        let progress = Progress::new(futures.len(), fan_out);
+        client
+            .wait_with_progress(&futures, |done, _| progress.set(done))
+            .map_err(client_failure)?;
+        let results = client.gather(&futures).map_err(client_failure)?;
+        let name = |i: usize| {
+            if fan_out {
+                format!("call {}", i + 1)
+            } else {
+                format!("task `{task}`")
+            }
+        };
+        let failures = print_results(&results, name);
+        drop(futures);
+        drop(client);
+        drop(embedded);
+        if failures > 0 {
+            return Err(Failure::task(anyhow!(
+                "{failures} of {} task(s) failed",
+                results.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn submit_graph(&self) -> CommandResult {
+        if self.task.is_some() || !self.arg.is_empty() || self.map || self.args_file.is_some() {
+            return Err(Failure::input(anyhow!(
+                "a graph file takes no TASK, ARGs, --map or --args-file"
+            )));
+        }
+        let (graph, bytes, _) = graph_file::load(&self.module).map_err(Failure::input)?;
+        let (embedded, client) = self.connect_or_embed()?;
+        let module = client.upload(&bytes).map_err(client_failure)?;
+        let mut lazy = client.graph();
+        let mut nodes = HashMap::new();
+        for (id, task, graph_args) in &graph.order {
+            let call_args = graph_args
+                .iter()
+                .map(|a| match a {
+                    GraphValue::Literal(json) => GraphArg::Value(json.clone()),
+                    GraphValue::Ref(target) => GraphArg::Node(nodes[target]),
+                })
+                .collect();
+            nodes.insert(id.clone(), lazy.call(&module, task, call_args));
+        }
+        let outputs: Vec<_> = graph.outputs.iter().map(|id| nodes[id]).collect();
+        let results = lazy.compute(&outputs).map_err(client_failure)?;
+        let mut failures = 0;
+        for (id, result) in graph.outputs.iter().zip(&results) {
+            match result {
+                Ok(value) => outln!("{}", serde_json::json!({ id: value })),
+                Err(failure) => {
+                    failures += 1;
+                    outln!("{}", serde_json::json!({ id: null }));
+                    eprintln!(
+                        "error: `{id}` failed ({}): {}",
+                        failure.kind, failure.message
+                    );
+                }
+            }
+        }
+        drop(client);
+        drop(embedded);
+        if failures > 0 {
+            return Err(Failure::task(anyhow!(
+                "{failures} of {} output(s) failed",
+                results.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Prints results as JSON lines in order (`null` for a failure, named on
+/// stderr by `name(i)`); returns how many failed.
+pub(crate) fn print_results(
+    results: &[Result<Json, wrun_client::TaskFailure>],
+    name: impl Fn(usize) -> String,
+) -> usize {
+    let mut failures = 0;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(value) => outln!("{value}"),
+            Err(failure) => {
+                failures += 1;
+                outln!("null");
+                eprintln!(
+                    "error: {} failed ({}): {}",
+                    name(i),
+                    failure.kind,
+                    failure.message
+                );
+            }
+        }
+    }
+    failures
+}

@@ -1,0 +1,185 @@
+//! `wrun worker`: a worker, under a nanny that restarts it unless
+//! `--no-nanny`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use wrun_abi::units::{ByteSize, HumanDuration};
+use wrun_sandbox::SandboxConfig;
+use wrun_worker::{Departure, Nanny, SchedulerTarget, WorkerConfig, WorkerError};
+
+use crate::args::SchedulerArgs;
+use crate::exit::{CommandResult, Failure};
+use crate::signals::{exit_with_parent, stop_flag};
+
+/// Run a worker (under a nanny that restarts it, unless --no-nanny).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WorkerCommand {
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+    /// The cluster secret, when --scheduler is used instead of a scheduler file.
+    #[arg(long, env = "WRUN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Task threads.
+    #[arg(long, env = "WRUN_THREADS", default_value_t = 1)]
+    threads: u32,
+    /// Memory for the worker process; the nanny restarts a worker above it.
+    #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB")]
+    memory: ByteSize,
+    /// A name for status and logs [default: worker-PID].
+    #[arg(long, env = "WRUN_WORKER_NAME")]
+    name: Option<String>,
+    /// Run the worker in this process, without a nanny to restart it.
+    #[arg(long, env = "WRUN_NO_NANNY")]
+    no_nanny: bool,
+    /// Address that peers use to fetch this worker's results; `auto` picks
+    /// the address of this node's host name.
+    #[arg(long, env = "WRUN_PEER_HOST", default_value = "127.0.0.1")]
+    peer_host: String,
+    /// Network interface for peers (e.g. ib0); overrides --peer-host.
+    #[arg(long, env = "WRUN_INTERFACE")]
+    interface: Option<String>,
+    /// Stop after this long (retiring first), like dask-worker --lifetime.
+    /// Under Slurm the job's own end time is used without it.
+    #[arg(long, env = "WRUN_LIFETIME")]
+    lifetime: Option<HumanDuration>,
+    /// How long before its end time the worker retires: stops taking tasks
+    /// and hands its results to peers.
+    #[arg(long, env = "WRUN_RETIRE_MARGIN", default_value = "60s")]
+    retire_margin: HumanDuration,
+    /// On SIGTERM or SIGINT the worker retires and leaves within this long
+    /// (Slurm kills KillWait, 30 s by default, after its SIGTERM).
+    #[arg(long, env = "WRUN_RETIRE_TIMEOUT", default_value = "20s")]
+    retire_timeout: HumanDuration,
+    /// Exit when the parent process dies (`wrun local` and the nanny pass it).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
+}
+
+impl WorkerCommand {
+    fn config(&self) -> Result<WorkerConfig, Failure> {
+        let scheduler = match (
+            &self.scheduler.scheduler_file,
+            &self.scheduler.scheduler,
+            &self.secret,
+        ) {
+            (Some(file), _, _) => SchedulerTarget::File(file.clone()),
+            (None, Some(address), Some(secret)) => SchedulerTarget::Address {
+                address: address.clone(),
+                secret: secret.clone(),
+            },
+            (None, Some(_), None) => {
+                return Err(Failure::input(anyhow!(
+                    "--scheduler needs --secret (or WRUN_SECRET)"
+                )));
+            }
+            (None, None, _) => {
+                return Err(Failure::input(anyhow!(
+                    "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
+                )));
+            }
+        };
+        let peer_host = match (&self.interface, self.peer_host.as_str()) {
+            (Some(interface), _) => wrun_slurm::address_of_interface(interface)
+                .map_err(|e| Failure::input(anyhow!(e)))?
+                .to_string(),
+            (None, "auto") => wrun_slurm::default_address().to_string(),
+            (None, host) => host.to_owned(),
+        };
+        let slurm_job_id = std::env::var("SLURM_JOB_ID")
+            .ok()
+            .filter(|id| !id.is_empty());
+        let end_time = match (self.lifetime, &slurm_job_id) {
+            (Some(lifetime), _) => Some(SystemTime::now() + lifetime.0),
+            (None, Some(job)) => match wrun_slurm::time_left(job) {
+                Ok(left) => left.map(|left| SystemTime::now() + left),
+                Err(error) => {
+                    tracing::warn!("cannot learn the end of Slurm job {job}: {error}");
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        Ok(WorkerConfig {
+            scheduler,
+            threads: self.threads.max(1),
+            memory_bytes: self.memory.0,
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            connect_timeout: self.scheduler.connect_timeout.0,
+            peer_host,
+            sandbox: SandboxConfig::default(),
+            end_time,
+            retire_margin: self.retire_margin.0,
+            retire_on_signal: Some(self.retire_timeout.0),
+            retire_when: None,
+            slurm_job_id,
+        })
+    }
+
+    pub(crate) fn execute(self) -> CommandResult {
+        let config = self.config()?;
+        if self.exit_with_parent {
+            exit_with_parent();
+        }
+        if !self.no_nanny {
+            return self.nanny();
+        }
+        eprintln!(
+            "wrun worker {}: {} thread(s), joining the scheduler{}",
+            config.name,
+            config.threads,
+            match config
+                .end_time
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            {
+                Some(left) => format!(
+                    "; ends in {}, retires {} before",
+                    wrun_slurm::format_duration(left),
+                    wrun_slurm::format_duration(config.retire_margin)
+                ),
+                None => String::new(),
+            }
+        );
+        let departure = wrun_worker::run_worker(config).map_err(|error| match error {
+            WorkerError::Connect(_) | WorkerError::Disconnected(_) => Failure::unreachable(error),
+            other => Failure::input(other),
+        })?;
+        eprintln!(
+            "wrun worker: {}",
+            match departure {
+                Departure::Retired => "retired; its tasks and results were handed over",
+                Departure::RetiredUnconfirmed =>
+                    "retired without confirmation; the scheduler recomputes what was lost",
+                Departure::Shutdown => "the cluster shut down",
+            }
+        );
+        Ok(())
+    }
+
+    /// Runs this same command with `--no-nanny` as a child, restarted by a
+    /// [`Nanny`] until it leaves cleanly or this process is asked to stop.
+    fn nanny(&self) -> CommandResult {
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        args.push("--no-nanny".into());
+        if !self.exit_with_parent {
+            args.push("--exit-with-parent".into());
+        }
+        let nanny = Nanny {
+            program: std::env::current_exe().context("finding the wrun binary")?,
+            args,
+            memory_limit: self.memory.0,
+            stop_grace: self.retire_timeout.0 + Duration::from_secs(5),
+            scheduler_file: self.scheduler.scheduler_file.clone(),
+            restarts: Arc::new(AtomicU32::new(0)),
+        };
+        nanny
+            .run(&stop_flag())
+            .context("starting the worker process")?;
+        Ok(())
+    }
+}

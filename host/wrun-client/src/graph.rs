@@ -1,0 +1,89 @@
+//! Lazy graphs in the style of `dask.delayed`: calls build nodes, and
+//! [`Graph::compute`] submits them all and gathers the outputs.
+
+use serde_json::Value as Json;
+use wrun_proto::TaskKey;
+
+use crate::client::Client;
+use crate::error::{ClientError, TaskFailure};
+use crate::submit::ArgRef;
+use crate::task_future::TaskFuture;
+use crate::upload::Module;
+
+/// A node of a [`Graph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delayed(usize);
+
+/// An argument of a graph node.
+#[derive(Debug, Clone)]
+pub enum GraphArg {
+    /// A literal JSON value.
+    Value(Json),
+    /// Another node's result.
+    Node(Delayed),
+}
+
+impl From<Json> for GraphArg {
+    fn from(value: Json) -> GraphArg {
+        GraphArg::Value(value)
+    }
+}
+
+impl From<Delayed> for GraphArg {
+    fn from(node: Delayed) -> GraphArg {
+        GraphArg::Node(node)
+    }
+}
+
+/// A lazy graph: nothing runs until [`Graph::compute`].
+pub struct Graph<'c> {
+    client: &'c Client,
+    nodes: Vec<(Module, String, Vec<GraphArg>)>,
+}
+
+impl Client {
+    /// A lazy task graph on this client: nothing runs until [`Graph::compute`].
+    pub fn graph(&self) -> Graph<'_> {
+        Graph {
+            client: self,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+impl Graph<'_> {
+    /// Adds a call of `task` to the graph. Arguments may be earlier nodes.
+    pub fn call(&mut self, module: &Module, task: &str, args: Vec<GraphArg>) -> Delayed {
+        self.nodes.push((module.clone(), task.to_owned(), args));
+        Delayed(self.nodes.len() - 1)
+    }
+
+    /// Submits every node, waits for `outputs` and returns their results;
+    /// intermediate results are released when done.
+    pub fn compute(
+        self,
+        outputs: &[Delayed],
+    ) -> Result<Vec<Result<Json, TaskFailure>>, ClientError> {
+        let client = self.client;
+        let keys: Vec<TaskKey> = (0..self.nodes.len()).map(|_| client.new_key()).collect();
+        let mut submissions = Vec::with_capacity(self.nodes.len());
+        for (index, (module, task, args)) in self.nodes.iter().enumerate() {
+            let args: Vec<ArgRef<'_>> = args
+                .iter()
+                .map(|arg| match arg {
+                    GraphArg::Value(json) => ArgRef::Value(json),
+                    GraphArg::Node(Delayed(i)) => ArgRef::Key(keys[*i]),
+                })
+                .collect();
+            submissions.push(client.encode(module, task, &args, keys[index])?);
+        }
+        client.send_submissions(submissions)?;
+        let futures: Vec<TaskFuture> = keys.iter().map(|key| client.future(*key)).collect();
+        let wanted: Vec<TaskFuture> = outputs
+            .iter()
+            .map(|Delayed(i)| futures[*i].clone())
+            .collect();
+        drop(futures);
+        client.gather(&wanted)
+    }
+}

@@ -1,0 +1,252 @@
+//! Submitting: one task, a map in batched messages, or the nodes of a
+//! graph. Literal arguments are checked against the task's signature and
+//! encoded here, before anything is sent.
+
+use serde_json::Value as Json;
+use wrun_abi::{ArgError, ModuleDigest, TaskLimits};
+use wrun_proto::TaskKey;
+
+use crate::client::Client;
+use crate::connection::TaskState;
+use crate::error::{ClientError, rpc_error};
+use crate::task_future::TaskFuture;
+use crate::upload::Module;
+
+/// Limits and retries given to submitted tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskOptions {
+    /// The limits of each task (defaults: [`TaskLimits::DEFAULT`]).
+    pub limits: TaskLimits,
+    /// Runs again after a task error (guest errors are deterministic: default 0).
+    pub retries: u32,
+}
+
+/// An argument: a JSON value, or another task's result.
+#[derive(Debug, Clone)]
+pub enum Argument {
+    /// A value, converted to MessagePack by the parameter's type.
+    Value(Json),
+    /// The result of this task (it moves worker to worker, not through the client).
+    Future(TaskFuture),
+}
+
+impl From<Json> for Argument {
+    fn from(value: Json) -> Argument {
+        Argument::Value(value)
+    }
+}
+
+impl From<&TaskFuture> for Argument {
+    fn from(future: &TaskFuture) -> Argument {
+        Argument::Future(future.clone())
+    }
+}
+
+impl From<TaskFuture> for Argument {
+    fn from(future: TaskFuture) -> Argument {
+        Argument::Future(future)
+    }
+}
+
+/// An argument as [`Client::encode`] reads it: a value, or a task by key.
+pub(crate) enum ArgRef<'a> {
+    Value(&'a Json),
+    Key(TaskKey),
+}
+
+fn arg_refs(args: &[Argument]) -> Vec<ArgRef<'_>> {
+    args.iter()
+        .map(|arg| match arg {
+            Argument::Value(json) => ArgRef::Value(json),
+            Argument::Future(future) => ArgRef::Key(future.key()),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum SubmitArg {
+    Value(Vec<u8>),
+    Result(TaskKey),
+}
+
+/// A task, encoded and ready to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Submission {
+    key: TaskKey,
+    module: ModuleDigest,
+    task: String,
+    args: Vec<SubmitArg>,
+    options: TaskOptions,
+}
+
+/// Bytes of submissions per message.
+const SUBMIT_BATCH_BYTES: usize = 4 << 20;
+/// Submissions per message.
+const SUBMIT_BATCH_TASKS: usize = 10_000;
+/// The largest argument passed by value (inside the submit message).
+const MAX_INLINE_ARGUMENT: usize = 8 << 20;
+
+impl Submission {
+    /// Roughly what the submission takes in a message.
+    fn encoded_size(&self) -> usize {
+        64 + self.task.len()
+            + self
+                .args
+                .iter()
+                .map(|a| match a {
+                    SubmitArg::Value(bytes) => 16 + bytes.len(),
+                    SubmitArg::Result(_) => 16,
+                })
+                .sum::<usize>()
+    }
+}
+
+impl Client {
+    /// Encodes one submission; literal arguments are checked against the signature.
+    pub(crate) fn encode(
+        &self,
+        module: &Module,
+        task: &str,
+        args: &[ArgRef<'_>],
+        key: TaskKey,
+    ) -> Result<Submission, ClientError> {
+        let signature = module.task(task)?;
+        if args.len() != signature.params.len() {
+            return Err(ArgError::Count {
+                signature: signature.to_string(),
+                expected: signature.params.len(),
+                given: args.len(),
+            }
+            .into());
+        }
+        let mut encoded = Vec::with_capacity(args.len());
+        for (arg, param) in args.iter().zip(&signature.params) {
+            encoded.push(match arg {
+                ArgRef::Value(json) => {
+                    let value = wrun_abi::json_to_value(&param.ty, json).map_err(|mismatch| {
+                        ArgError::Type {
+                            task: task.to_owned(),
+                            param: param.name.clone(),
+                            mismatch: mismatch.to_string(),
+                        }
+                    })?;
+                    let bytes = wrun_abi::encode_value(&value);
+                    if bytes.len() > MAX_INLINE_ARGUMENT {
+                        return Err(ClientError::Refused(format!(
+                            "argument `{}` of task `{task}` is {} bytes; values passed inline are limited to {} bytes: \
+                             produce large inputs with a task and pass its future instead",
+                            param.name,
+                            bytes.len(),
+                            MAX_INLINE_ARGUMENT
+                        )));
+                    }
+                    SubmitArg::Value(bytes)
+                }
+                ArgRef::Key(key) => SubmitArg::Result(*key),
+            });
+        }
+        Ok(Submission {
+            key,
+            module: module.digest,
+            task: task.to_owned(),
+            args: encoded,
+            options: self.options,
+        })
+    }
+
+    /// Sends submissions in messages that stay far below the reader's
+    /// limit (by bytes and by count).
+    pub(crate) fn send_submissions(&self, submissions: Vec<Submission>) -> Result<(), ClientError> {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for submission in submissions {
+            let size = submission.encoded_size();
+            if !batch.is_empty()
+                && (batch.len() >= SUBMIT_BATCH_TASKS || batch_bytes + size > SUBMIT_BATCH_BYTES)
+            {
+                self.send_batch(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(submission);
+        }
+        if !batch.is_empty() {
+            self.send_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&self, submissions: Vec<Submission>) -> Result<(), ClientError> {
+        {
+            let mut table = self.inner.table();
+            for s in &submissions {
+                table.tasks.insert(s.key, TaskState::Pending);
+            }
+        }
+        let keys: Vec<TaskKey> = submissions.iter().map(|s| s.key).collect();
+        let result = self.call(move |session| {
+            Box::pin(async move {
+                let mut request = session.submit_request();
+                let mut list = request.get().init_tasks(submissions.len() as u32);
+                for (i, s) in submissions.iter().enumerate() {
+                    let mut t = list.reborrow().get(i as u32);
+                    t.set_key(s.key.0);
+                    t.set_module(&s.module.0);
+                    t.set_task(&s.task);
+                    t.set_retries(s.options.retries);
+                    wrun_proto::limits::write(&s.options.limits, t.reborrow().init_limits());
+                    let mut args = t.init_args(s.args.len() as u32);
+                    for (j, arg) in s.args.iter().enumerate() {
+                        match arg {
+                            SubmitArg::Value(bytes) => {
+                                args.reborrow().get(j as u32).set_value(bytes)
+                            }
+                            SubmitArg::Result(key) => {
+                                args.reborrow().get(j as u32).set_result(key.0)
+                            }
+                        }
+                    }
+                }
+                request.send().promise.await.map_err(rpc_error)?;
+                Ok(())
+            })
+        });
+        if result.is_err() {
+            let mut table = self.inner.table();
+            for key in keys {
+                table.tasks.remove(&key);
+            }
+        }
+        result
+    }
+
+    /// Submits one task.
+    pub fn submit(
+        &self,
+        module: &Module,
+        task: &str,
+        args: Vec<Argument>,
+    ) -> Result<TaskFuture, ClientError> {
+        let key = self.new_key();
+        let submission = self.encode(module, task, &arg_refs(&args), key)?;
+        self.send_submissions(vec![submission])?;
+        Ok(self.future(key))
+    }
+
+    /// Submits `task` once per argument list, in as few messages as fit;
+    /// futures in order.
+    pub fn map(
+        &self,
+        module: &Module,
+        task: &str,
+        calls: Vec<Vec<Argument>>,
+    ) -> Result<Vec<TaskFuture>, ClientError> {
+        let mut submissions = Vec::with_capacity(calls.len());
+        for args in &calls {
+            submissions.push(self.encode(module, task, &arg_refs(args), self.new_key())?);
+        }
+        let keys: Vec<TaskKey> = submissions.iter().map(|s| s.key).collect();
+        self.send_submissions(submissions)?;
+        Ok(keys.into_iter().map(|k| self.future(k)).collect())
+    }
+}

@@ -1,0 +1,382 @@
+//! The handlers of what happens in the cluster: tasks submitted, workers
+//! joining and leaving, tasks started, finished, failed or given back,
+//! results released, tasks cancelled, time passing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use thin_vec::ThinVec;
+
+use crate::lineage::dependency_failure;
+use crate::task::{State, Task};
+use crate::worker::Worker;
+use crate::{Comm, Core, Failure, SubmitError, TaskId, TaskSpec, WorkerId};
+
+impl<P> Core<P> {
+    /// Adds tasks. Each dependency must be known already or come earlier in
+    /// `batch`, and belong to the same client. Nothing is added on error.
+    pub fn submit(
+        &mut self,
+        batch: Vec<TaskSpec<P>>,
+        comm: &mut impl Comm<P>,
+    ) -> Result<(), SubmitError> {
+        let mut new_ids = BTreeSet::new();
+        for spec in &batch {
+            if self.tasks.contains_key(&spec.id) || !new_ids.insert(spec.id) {
+                return Err(SubmitError::DuplicateId(spec.id));
+            }
+        }
+        let mut seen: BTreeMap<TaskId, crate::ClientId> = BTreeMap::new();
+        for spec in &batch {
+            for dep in spec.dependencies() {
+                let client = match (self.tasks.get(&dep), seen.get(&dep)) {
+                    (Some(task), _) => task.spec.client,
+                    (None, Some(client)) => *client,
+                    (None, None) => {
+                        return Err(SubmitError::UnknownDependency {
+                            task: spec.id,
+                            dependency: dep,
+                        });
+                    }
+                };
+                if client != spec.client {
+                    return Err(SubmitError::ForeignDependency {
+                        task: spec.id,
+                        dependency: dep,
+                    });
+                }
+            }
+            seen.insert(spec.id, spec.client);
+        }
+        let mut needs_refresh = false;
+        for spec in batch {
+            let id = spec.id;
+            let deps: ThinVec<TaskId> = spec.dependencies().into_iter().collect();
+            for dep in &deps {
+                self.tasks
+                    .get_mut(dep)
+                    .expect("checked")
+                    .dependents
+                    .push(id);
+            }
+            self.tasks.insert(
+                id,
+                Task {
+                    spec,
+                    deps,
+                    dependents: ThinVec::new(),
+                    state: State::Done, // inactive; activated just below
+                    pending: 0,
+                    wanted: true,
+                    holders: ThinVec::new(),
+                    size: 0,
+                    deaths: 0,
+                    errors: 0,
+                    stealing: false,
+                },
+            );
+            // A failed dependency fails the task at once.
+            let failed_dep = self.tasks[&id]
+                .deps
+                .iter()
+                .find_map(|d| match &self.tasks[d].state {
+                    State::Failed(failure) => Some((*d, failure.clone())),
+                    _ => None,
+                });
+            self.set_state(id, State::Waiting, comm);
+            if let Some((dep, failure)) = failed_dep {
+                self.fail(id, dependency_failure(dep, &failure), comm);
+            } else if self.missing(id) == 0 {
+                self.make_ready(id);
+            } else {
+                // A dependency whose result was freed must be computed again.
+                needs_refresh |= self.tasks[&id].deps.iter().any(|d| {
+                    let d = &self.tasks[d];
+                    d.state == State::Done && d.holders.is_empty()
+                });
+            }
+        }
+        if needs_refresh {
+            self.refresh(comm);
+        }
+        self.schedule(comm);
+        Ok(())
+    }
+
+    /// A worker joined with `slots` task threads.
+    pub fn add_worker(
+        &mut self,
+        worker: WorkerId,
+        slots: u32,
+        now: Instant,
+        comm: &mut impl Comm<P>,
+    ) {
+        self.workers.insert(
+            worker,
+            Worker {
+                slots: slots.max(1),
+                assigned: BTreeSet::new(),
+                running: BTreeSet::new(),
+                holds: BTreeSet::new(),
+                last_seen: now,
+                retiring: false,
+            },
+        );
+        // Retiring workers with nowhere to put their results have a peer now.
+        self.hand_off_all(comm);
+        self.schedule(comm);
+    }
+
+    /// The worker is alive.
+    pub fn heartbeat(&mut self, worker: WorkerId, now: Instant) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen = w.last_seen.max(now);
+        }
+    }
+
+    /// Removes workers silent for longer than the heartbeat timeout and returns them.
+    pub fn tick(&mut self, now: Instant, comm: &mut impl Comm<P>) -> Vec<WorkerId> {
+        let timeout = self.config.heartbeat_timeout;
+        let silent: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.last_seen) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for worker in &silent {
+            self.remove_worker(*worker, comm);
+        }
+        silent
+    }
+
+    /// `worker` started running `task` (it counts a death if the worker dies now).
+    pub fn task_started(&mut self, worker: WorkerId, task: TaskId) {
+        if self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.state == State::Assigned(worker))
+            && let Some(w) = self.workers.get_mut(&worker)
+        {
+            w.running.insert(task);
+        }
+    }
+
+    /// `worker` finished `task` with a result of `size` bytes.
+    pub fn task_finished(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        size: u64,
+        comm: &mut impl Comm<P>,
+    ) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if !self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.state == State::Assigned(worker))
+        {
+            // Stale: cancelled, failed meanwhile, or reassigned. Drop the copy.
+            w.assigned.remove(&task);
+            w.running.remove(&task);
+            comm.free(worker, task);
+            return;
+        }
+        w.assigned.remove(&task);
+        w.running.remove(&task);
+        w.holds.insert(task);
+        let t = self.tasks.get_mut(&task).expect("checked");
+        t.holders = thin_vec::thin_vec![worker];
+        t.size = size;
+        t.stealing = false;
+        let client = t.spec.client;
+        comm.done(client, task, worker, size);
+        self.set_state(task, State::Done, comm);
+        let dependents = self.tasks[&task].dependents.clone();
+        for dependent in dependents {
+            if self.tasks[&dependent].state == State::Waiting && self.missing(dependent) == 0 {
+                self.make_ready(dependent);
+            }
+        }
+        self.maybe_free(task, comm);
+        if self.is_retiring(worker) {
+            self.hand_off(worker, comm);
+        }
+        self.schedule(comm);
+    }
+
+    /// `worker` ran `task` and it failed with `failure` (deterministic).
+    pub fn task_failed(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        failure: Failure,
+        comm: &mut impl Comm<P>,
+    ) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.assigned.remove(&task);
+        w.running.remove(&task);
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if t.state != State::Assigned(worker) {
+            return;
+        }
+        t.stealing = false;
+        if t.errors < t.spec.retries {
+            t.errors += 1;
+            t.state = State::Ready;
+            self.ready.push_front(task);
+        } else {
+            self.fail(task, failure, comm);
+        }
+        self.schedule(comm);
+    }
+
+    /// The answer to a [`Comm::steal`]: `given_back` if the worker dropped
+    /// the task from its queue, false if it had already started it.
+    pub fn steal_response(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        given_back: bool,
+        comm: &mut impl Comm<P>,
+    ) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if t.state != State::Assigned(worker) {
+            return;
+        }
+        t.stealing = false;
+        if given_back {
+            t.state = State::Ready;
+            self.ready.push_front(task);
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.assigned.remove(&task);
+                w.running.remove(&task);
+            }
+            self.schedule(comm);
+        }
+    }
+
+    /// A worker is gone (connection lost, heartbeats missed, or retired).
+    pub fn remove_worker(&mut self, worker: WorkerId, comm: &mut impl Comm<P>) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        for task in w.holds {
+            if let Some(t) = self.tasks.get_mut(&task) {
+                t.holders.retain(|h| *h != worker);
+            }
+        }
+        // Copies from or to it will not complete.
+        self.handoffs
+            .retain(|_, (from, to)| *from != worker && *to != worker);
+        // A worker that retired was not killed by its tasks.
+        let max_deaths = if w.retiring {
+            u32::MAX
+        } else {
+            self.config.max_deaths
+        };
+        for task in w.assigned {
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            if t.state != State::Assigned(worker) {
+                continue;
+            }
+            t.stealing = false;
+            if w.running.contains(&task) && max_deaths != u32::MAX {
+                t.deaths += 1;
+                if t.deaths >= max_deaths {
+                    let deaths = t.deaths;
+                    self.fail(task, Failure::Suspicious { deaths }, comm);
+                    continue;
+                }
+            }
+            let t = self.tasks.get_mut(&task).expect("present");
+            t.state = State::Ready;
+            self.ready.push_front(task);
+        }
+        // Retiring workers may now be the only holders of results the
+        // removed worker also had, and copies to it must go elsewhere.
+        self.hand_off_all(comm);
+        self.refresh(comm);
+        self.schedule(comm);
+    }
+
+    /// The client dropped its last handle to `task`: its result may be freed
+    /// once no other task needs it, and the record forgotten.
+    pub fn release(&mut self, task: TaskId, comm: &mut impl Comm<P>) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        t.wanted = false;
+        self.maybe_free(task, comm);
+        self.maybe_forget(task);
+    }
+
+    /// Cancels `tasks` (all of one client): stops them, frees their results,
+    /// forgets them. Used when a client disconnects or cancels a job.
+    pub fn cancel(&mut self, tasks: &[TaskId], comm: &mut impl Comm<P>) {
+        let doomed: BTreeSet<TaskId> = tasks
+            .iter()
+            .copied()
+            .filter(|t| self.tasks.contains_key(t))
+            .collect();
+        // Other tasks that depend on the doomed ones are doomed too.
+        let mut closure = doomed.clone();
+        let mut stack: Vec<TaskId> = doomed.into_iter().collect();
+        while let Some(t) = stack.pop() {
+            for d in &self.tasks[&t].dependents {
+                if closure.insert(*d) {
+                    stack.push(*d);
+                }
+            }
+        }
+        // One pass over the ready queue, not one per cancelled task: a client
+        // leaving with 100k queued tasks must not stall the scheduler.
+        self.ready.retain(|r| !closure.contains(r));
+        for task in &closure {
+            let t = &self.tasks[task];
+            if let State::Assigned(worker) = t.state {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.assigned.remove(task);
+                    w.running.remove(task);
+                }
+                comm.cancel(worker, *task);
+            }
+            for holder in t.holders.clone() {
+                if let Some(w) = self.workers.get_mut(&holder) {
+                    w.holds.remove(task);
+                }
+                comm.free(holder, *task);
+            }
+        }
+        for task in &closure {
+            let deps = self.tasks[task].deps.clone();
+            let active = self.tasks[task].state.is_active();
+            for dep in deps {
+                if closure.contains(&dep) {
+                    continue;
+                }
+                if let Some(d) = self.tasks.get_mut(&dep) {
+                    d.dependents.retain(|x| x != task);
+                    if active {
+                        d.pending -= 1;
+                    }
+                }
+                self.maybe_free(dep, comm);
+                self.maybe_forget(dep);
+            }
+        }
+        for task in closure {
+            self.tasks.remove(&task);
+        }
+        self.schedule(comm);
+    }
+}

@@ -1,0 +1,108 @@
+//! The invariants of the core, checked after every step of every test.
+
+use std::collections::BTreeSet;
+
+use crate::Core;
+use crate::task::State;
+
+impl<P> Core<P> {
+    /// Checks every invariant; panics with the first violation. Tests call
+    /// it after each event.
+    pub fn sanity_check(&self) {
+        let mut in_queue = BTreeSet::new();
+        for task in &self.ready {
+            assert!(in_queue.insert(*task), "{task} queued twice");
+            assert_eq!(
+                self.tasks[task].state,
+                State::Ready,
+                "{task} queued but not ready"
+            );
+        }
+        for (id, t) in &self.tasks {
+            for dep in &t.deps {
+                let d = self
+                    .tasks
+                    .get(dep)
+                    .unwrap_or_else(|| panic!("{id} depends on forgotten {dep}"));
+                assert!(
+                    d.dependents.contains(id),
+                    "{dep} does not list dependent {id}"
+                );
+            }
+            for dependent in &t.dependents {
+                assert!(
+                    self.tasks[dependent].deps.contains(id),
+                    "{dependent} listed as dependent of {id}"
+                );
+            }
+            let active_dependents = t
+                .dependents
+                .iter()
+                .filter(|d| self.tasks[*d].state.is_active())
+                .count() as u32;
+            assert_eq!(t.pending, active_dependents, "{id}: pending count");
+            match &t.state {
+                State::Ready => {
+                    assert!(in_queue.contains(id), "{id} ready but not queued");
+                    assert_eq!(self.missing(*id), 0, "{id} ready with missing inputs");
+                }
+                State::Waiting => assert!(self.missing(*id) > 0, "{id} waiting with all inputs"),
+                State::Assigned(worker) => {
+                    let w = self
+                        .workers
+                        .get(worker)
+                        .unwrap_or_else(|| panic!("{id} on unknown {worker}"));
+                    assert!(w.assigned.contains(id), "{worker} does not list {id}");
+                    assert_eq!(self.missing(*id), 0, "{id} assigned with missing inputs");
+                }
+                State::Done => {
+                    for holder in &t.holders {
+                        assert!(
+                            self.workers[holder].holds.contains(id),
+                            "{holder} does not hold {id}"
+                        );
+                    }
+                    if Self::needed(t) {
+                        assert!(!t.holders.is_empty(), "{id} needed but its result is gone");
+                    }
+                }
+                State::Failed(_) => assert!(t.holders.is_empty(), "failed {id} has holders"),
+            }
+            if !matches!(t.state, State::Done) {
+                assert!(t.holders.is_empty(), "{id} not done but held");
+            }
+        }
+        for (task, (from, to)) in &self.handoffs {
+            assert!(
+                self.workers.get(from).is_some_and(|w| w.retiring),
+                "{task} handed off from {from}, which is not retiring"
+            );
+            assert!(
+                self.workers.contains_key(to),
+                "{task} handed to unknown {to}"
+            );
+        }
+        for (id, w) in &self.workers {
+            for task in &w.assigned {
+                assert_eq!(
+                    self.tasks[task].state,
+                    State::Assigned(*id),
+                    "{id} lists {task} wrongly"
+                );
+            }
+            assert!(
+                w.running.is_subset(&w.assigned),
+                "{id}: running but not assigned"
+            );
+            for task in &w.holds {
+                assert!(
+                    self.tasks[task].holders.contains(id),
+                    "{id} holds {task} unknown to it"
+                );
+            }
+            assert!(
+                w.assigned.len() <= w.slots as usize * self.config.queue_per_slot.max(1) as usize
+            );
+        }
+    }
+}

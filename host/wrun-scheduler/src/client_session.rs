@@ -1,0 +1,286 @@
+//! `ClientSession`: what one client may do, on its own tasks only. Each
+//! handler decodes its request, calls the function that decides (in
+//! `submit.rs`, `modules.rs`, `jobs.rs`, `fetch.rs`, `status.rs`), and
+//! sends what the core decided.
+
+use capnp::capability::Rc as CapRc;
+use tokio::sync::mpsc;
+use tracing::info;
+use wrun_core::{ClientId, TaskId};
+use wrun_proto::wrun_capnp::client_session;
+use wrun_proto::{TaskKey, failed};
+
+use crate::encode::flush;
+use crate::fetch::{self, Slot};
+use crate::modules::digest_from;
+use crate::state::{Deferred, Shared, failure_kind};
+use crate::status::cluster_status;
+use crate::submit;
+
+pub(crate) struct ClientSessionImpl {
+    pub(crate) shared: Shared,
+    pub(crate) client: ClientId,
+    pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
+}
+
+impl Drop for ClientSessionImpl {
+    fn drop(&mut self) {
+        let _ = self.deferred.send(Deferred::ClientGone(self.client));
+    }
+}
+
+fn keys_of(list: capnp::primitive_list::Reader<'_, u64>) -> Vec<TaskKey> {
+    list.iter().map(TaskKey).collect()
+}
+
+fn closed() -> capnp::Error {
+    failed("this session is closed")
+}
+
+impl client_session::Server for ClientSessionImpl {
+    async fn has_module(
+        self: CapRc<Self>,
+        params: client_session::HasModuleParams,
+        mut results: client_session::HasModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let digest = digest_from(params.get()?.get_digest()?).map_err(failed)?;
+        let known = self.shared.borrow().modules.get(&digest).is_some();
+        results.get().set_known(known);
+        Ok(())
+    }
+
+    async fn upload_module(
+        self: CapRc<Self>,
+        params: client_session::UploadModuleParams,
+        mut results: client_session::UploadModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let digest = digest_from(params.get_digest()?).map_err(failed)?;
+        let complete = self
+            .shared
+            .borrow_mut()
+            .modules
+            .upload_chunk(
+                self.client,
+                digest,
+                params.get_offset(),
+                params.get_total(),
+                params.get_data()?,
+            )
+            .map_err(failed)?;
+        results.get().set_complete(complete);
+        Ok(())
+    }
+
+    async fn submit(
+        self: CapRc<Self>,
+        params: client_session::SubmitParams,
+        _: client_session::SubmitResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let requests = submit::decode(params.get_tasks()?)?;
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            let conn = state.clients.get(&self.client).ok_or_else(closed)?;
+            let accepted = submit::validate(
+                &requests,
+                self.client,
+                &conn.keys,
+                &state.modules,
+                &mut state.next_id,
+            )
+            .map_err(failed)?;
+            state
+                .core
+                .submit(accepted.specs, &mut state.outbox)
+                .map_err(failed)?;
+            let conn = state.clients.get_mut(&self.client).expect("checked");
+            conn.keys.extend(accepted.keys);
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn fetch(
+        self: CapRc<Self>,
+        params: client_session::FetchParams,
+        mut results: client_session::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let response = fetch::fetch_chunk(
+            &self.shared,
+            self.client,
+            TaskKey(params.get_key()),
+            params.get_offset(),
+        )
+        .await?;
+        let chunk = response.get()?.get_chunk()?;
+        let mut out = results.get().init_chunk();
+        out.set_data(chunk.get_data()?);
+        out.set_total(chunk.get_total());
+        Ok(())
+    }
+
+    async fn fetch_many(
+        self: CapRc<Self>,
+        params: client_session::FetchManyParams,
+        mut results: client_session::FetchManyResults,
+    ) -> Result<(), capnp::Error> {
+        let keys = keys_of(params.get()?.get_keys()?);
+        let slots = fetch::fetch_many(&self.shared, self.client, &keys).await?;
+        let mut list = results.get().init_values(slots.len() as u32);
+        for (i, slot) in slots.iter().enumerate() {
+            let mut value = list.reborrow().get(i as u32);
+            match slot {
+                Slot::Data(data) => value.set_data(data),
+                Slot::Large(size) => value.set_large(*size),
+                Slot::Missing(reason) => value.set_missing(reason),
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(
+        self: CapRc<Self>,
+        params: client_session::ReleaseParams,
+        _: client_session::ReleaseResults,
+    ) -> Result<(), capnp::Error> {
+        let keys = keys_of(params.get()?.get_keys()?);
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            for key in keys {
+                let Some(task) = state
+                    .clients
+                    .get_mut(&self.client)
+                    .and_then(|c| c.keys.remove(&key))
+                else {
+                    continue;
+                };
+                state.logs.remove(&task);
+                state.core.release(task, &mut state.outbox);
+            }
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn status(
+        self: CapRc<Self>,
+        _: client_session::StatusParams,
+        mut results: client_session::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        let status = cluster_status(&self.shared.borrow(), self.client);
+        status.write(results.get().init_status());
+        Ok(())
+    }
+
+    async fn logs(
+        self: CapRc<Self>,
+        params: client_session::LogsParams,
+        mut results: client_session::LogsResults,
+    ) -> Result<(), capnp::Error> {
+        let key = TaskKey(params.get()?.get_key());
+        let state = self.shared.borrow();
+        let task = state
+            .task_of(self.client, key)
+            .ok_or_else(|| failed(format!("no task with key {key} in this session")))?;
+        if let Some((stdout, stderr)) = state.logs.get(&task) {
+            let mut r = results.get();
+            r.set_stdout(stdout);
+            r.set_stderr(stderr);
+        }
+        Ok(())
+    }
+
+    async fn detach(
+        self: CapRc<Self>,
+        params: client_session::DetachParams,
+        mut results: client_session::DetachResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let keys = keys_of(params.get_keys()?);
+        let name = params.get_job()?.to_str()?;
+        let mut state = self.shared.borrow_mut();
+        let state = &mut *state;
+        let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
+        let name = state
+            .jobs
+            .detach(&mut conn.keys, &keys, name, &mut state.next_id)
+            .map_err(failed)?;
+        info!(job = %name, tasks = keys.len(), "job detached");
+        results.get().set_job(&name);
+        Ok(())
+    }
+
+    async fn adopt(
+        self: CapRc<Self>,
+        params: client_session::AdoptParams,
+        mut results: client_session::AdoptResults,
+    ) -> Result<(), capnp::Error> {
+        let name = params.get()?.get_job()?.to_str()?.to_owned();
+        let mut state = self.shared.borrow_mut();
+        let state = &mut *state;
+        let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
+        let job = state.jobs.adopt(&mut conn.keys, &name).map_err(failed)?;
+        let mut keys = results.get().init_keys(job.len() as u32);
+        for (i, (key, _)) in job.iter().enumerate() {
+            keys.set(i as u32, key.0);
+        }
+        let finished: Vec<Ended> = job
+            .iter()
+            .filter_map(|(key, task)| ended(state, *key, *task))
+            .collect();
+        let mut events = results.get().init_finished(finished.len() as u32);
+        for (i, (key, outcome)) in finished.iter().enumerate() {
+            let mut e = events.reborrow().get(i as u32);
+            e.set_key(key.0);
+            match outcome {
+                Ok(size) => e.set_done(*size),
+                Err((kind, message)) => {
+                    let mut f = e.init_failed();
+                    f.set_kind(kind);
+                    f.set_message(message);
+                }
+            }
+        }
+        for (_, task) in &job {
+            state.core.set_client(*task, self.client);
+        }
+        info!(job = %name, tasks = job.len(), "job adopted");
+        Ok(())
+    }
+
+    async fn cancel(
+        self: CapRc<Self>,
+        params: client_session::CancelParams,
+        _: client_session::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        let keys = keys_of(params.get()?.get_keys()?);
+        {
+            let mut state = self.shared.borrow_mut();
+            let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
+            let tasks: Vec<TaskId> = keys
+                .iter()
+                .filter_map(|key| conn.keys.remove(key))
+                .collect();
+            state.cancel(&tasks);
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+}
+
+/// What a session adopting a job hears of a task that already ended: its
+/// result's size, or its failure's kind and message.
+type Ended = (TaskKey, Result<u64, (String, String)>);
+
+fn ended(state: &crate::state::State, key: TaskKey, task: TaskId) -> Option<Ended> {
+    state.core.outcome(task).map(|outcome| {
+        (
+            key,
+            outcome.map_err(|failure| (failure_kind(&failure).to_owned(), failure.to_string())),
+        )
+    })
+}

@@ -1,0 +1,133 @@
+//! `Cluster`, the bootstrap capability: it hands out sessions (a client's,
+//! or a worker's for the holder of the cluster secret) and stops the
+//! cluster for the holder of the secret.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use capnp::capability::Rc as CapRc;
+use tracing::{debug, info, warn};
+use wrun_core::{ClientId, WorkerId};
+use wrun_proto::wrun_capnp::cluster;
+
+use crate::client_session::ClientSessionImpl;
+use crate::encode::{flush, spawn_call};
+use crate::state::{ClientConn, Shared, WorkerConn};
+use crate::worker_session::WorkerSessionImpl;
+
+pub(crate) struct ClusterImpl {
+    pub(crate) shared: Shared,
+}
+
+fn wrong_secret() -> capnp::Error {
+    capnp::Error::failed("wrong cluster secret".to_owned())
+}
+
+impl cluster::Server for ClusterImpl {
+    async fn shutdown(
+        self: CapRc<Self>,
+        params: cluster::ShutdownParams,
+        _: cluster::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let mut state = self.shared.borrow_mut();
+        if params.get_secret()?.to_str()? != state.secret {
+            warn!("a shutdown request presented a wrong cluster secret; refused");
+            return Err(wrong_secret());
+        }
+        if let Some(shutdown) = state.shutdown.take() {
+            let _ = shutdown.send(params.get_exit_code());
+        }
+        Ok(())
+    }
+
+    async fn info(
+        self: CapRc<Self>,
+        _: cluster::InfoParams,
+        mut results: cluster::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        let workers = self.shared.borrow().workers.len() as u32;
+        let mut r = results.get();
+        r.set_protocol_version(wrun_proto::PROTOCOL_VERSION);
+        r.set_workers(workers);
+        Ok(())
+    }
+
+    async fn connect_client(
+        self: CapRc<Self>,
+        params: cluster::ConnectClientParams,
+        mut results: cluster::ConnectClientResults,
+    ) -> Result<(), capnp::Error> {
+        let listener = params.get()?.get_listener()?;
+        let mut state = self.shared.borrow_mut();
+        let client = ClientId(state.next_id());
+        state.clients.insert(
+            client,
+            ClientConn {
+                listener,
+                keys: HashMap::new(),
+            },
+        );
+        let deferred = state.deferred.clone();
+        drop(state);
+        debug!(client = client.0, "client connected");
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(ClientSessionImpl {
+                shared: self.shared.clone(),
+                client,
+                deferred,
+            }));
+        Ok(())
+    }
+
+    async fn register_worker(
+        self: CapRc<Self>,
+        params: cluster::RegisterWorkerParams,
+        mut results: cluster::RegisterWorkerResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let mut state = self.shared.borrow_mut();
+        if params.get_secret()?.to_str()? != state.secret {
+            warn!("a worker presented a wrong cluster secret; refused");
+            return Err(wrong_secret());
+        }
+        let info = params.get_info()?;
+        let worker = WorkerId(state.next_id());
+        let conn = WorkerConn {
+            control: params.get_control()?,
+            name: info.get_name()?.to_str()?.to_owned(),
+            threads: info.get_threads().max(1),
+            memory_bytes: info.get_memory_bytes(),
+            peer_address: info.get_peer_address()?.to_str()?.to_owned(),
+            pid: info.get_pid(),
+            slurm_job_id: info.get_slurm_job_id()?.to_str()?.to_owned(),
+            end_time_ms: info.get_end_time_ms(),
+        };
+        info!(%worker, name = %conn.name, threads = conn.threads, "worker joined");
+        let threads = conn.threads;
+        if state.shutting_down {
+            spawn_call(
+                format!("shutdown of {worker}"),
+                conn.control.shutdown_request().send().promise,
+            );
+        }
+        state.workers.insert(worker, conn);
+        let state_ref = &mut *state;
+        state_ref
+            .core
+            .add_worker(worker, threads, Instant::now(), &mut state_ref.outbox);
+        let deferred = state.deferred.clone();
+        drop(state);
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(WorkerSessionImpl {
+                shared: self.shared.clone(),
+                worker,
+                deferred,
+            }));
+        // Queued tasks may have gone to the new worker.
+        flush(&self.shared);
+        Ok(())
+    }
+}

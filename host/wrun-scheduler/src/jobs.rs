@@ -1,0 +1,155 @@
+//! Detached jobs: tasks a session handed to the scheduler under a name, so
+//! that they outlive it (`wrun submit --detach`), until another session
+//! adopts them (`wrun gather`, `wrun logs`, `wrun cancel`).
+
+use std::collections::HashMap;
+
+use wrun_core::TaskId;
+use wrun_proto::TaskKey;
+
+/// Why a job could not be detached or adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum JobError {
+    #[error("no task with key {0} in this session")]
+    UnknownKey(TaskKey),
+    #[error("no job `{name}`; the scheduler has: {known}")]
+    UnknownJob { name: String, known: String },
+    #[error("key {key} of job `{name}` is already used in this session")]
+    KeyInUse { key: TaskKey, name: String },
+}
+
+/// The jobs no session owns, by name, each with its tasks in submission order.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    by_name: HashMap<String, Vec<(TaskKey, TaskId)>>,
+}
+
+impl Jobs {
+    /// Moves `keys` out of a session's `session_keys` into the job `name`
+    /// (a new `job-N` when empty, `N` drawn from `next_id`); returns the name.
+    /// Nothing moves unless every key is the session's.
+    pub(crate) fn detach(
+        &mut self,
+        session_keys: &mut HashMap<TaskKey, TaskId>,
+        keys: &[TaskKey],
+        name: &str,
+        next_id: &mut u64,
+    ) -> Result<String, JobError> {
+        if let Some(missing) = keys.iter().find(|k| !session_keys.contains_key(k)) {
+            return Err(JobError::UnknownKey(*missing));
+        }
+        let name = if name.is_empty() {
+            *next_id += 1;
+            format!("job-{next_id}")
+        } else {
+            name.to_owned()
+        };
+        let job = self.by_name.entry(name.clone()).or_default();
+        for key in keys {
+            let task = session_keys.remove(key).expect("checked");
+            job.push((*key, task));
+        }
+        Ok(name)
+    }
+
+    /// Takes the job `name` out, into a session whose keys are
+    /// `session_keys`; returns its tasks in submission order.
+    pub(crate) fn adopt(
+        &mut self,
+        session_keys: &mut HashMap<TaskKey, TaskId>,
+        name: &str,
+    ) -> Result<Vec<(TaskKey, TaskId)>, JobError> {
+        let Some(job) = self.by_name.get(name) else {
+            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(JobError::UnknownJob {
+                name: name.to_owned(),
+                known: if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            });
+        };
+        if let Some((key, _)) = job.iter().find(|(key, _)| session_keys.contains_key(key)) {
+            return Err(JobError::KeyInUse {
+                key: *key,
+                name: name.to_owned(),
+            });
+        }
+        let job = self.by_name.remove(name).expect("checked");
+        session_keys.extend(job.iter().copied());
+        Ok(job)
+    }
+
+    /// Each job's name and task count, by name.
+    pub(crate) fn summary(&self) -> Vec<(String, u64)> {
+        let mut jobs: Vec<(String, u64)> = self
+            .by_name
+            .iter()
+            .map(|(name, tasks)| (name.clone(), tasks.len() as u64))
+            .collect();
+        jobs.sort();
+        jobs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(pairs: &[(u64, u64)]) -> HashMap<TaskKey, TaskId> {
+        pairs
+            .iter()
+            .map(|(k, t)| (TaskKey(*k), TaskId(*t)))
+            .collect()
+    }
+
+    #[test]
+    fn a_detached_job_moves_whole_to_the_session_that_adopts_it() {
+        let mut jobs = Jobs::default();
+        let mut first = keys(&[(1, 10), (2, 11), (3, 12)]);
+        let mut next = 41;
+        let name = jobs
+            .detach(&mut first, &[TaskKey(2), TaskKey(1)], "", &mut next)
+            .unwrap();
+        assert_eq!(name, "job-42");
+        assert_eq!(first, keys(&[(3, 12)]));
+        assert_eq!(jobs.summary(), vec![("job-42".to_owned(), 2)]);
+        let mut second = HashMap::new();
+        let tasks = jobs.adopt(&mut second, "job-42").unwrap();
+        assert_eq!(
+            tasks,
+            vec![(TaskKey(2), TaskId(11)), (TaskKey(1), TaskId(10))]
+        );
+        assert_eq!(second, keys(&[(1, 10), (2, 11)]));
+        assert!(jobs.summary().is_empty());
+    }
+
+    #[test]
+    fn bad_detaches_and_adoptions_change_nothing() {
+        let mut jobs = Jobs::default();
+        let mut session = keys(&[(1, 10)]);
+        let mut next = 0;
+        assert_eq!(
+            jobs.detach(&mut session, &[TaskKey(1), TaskKey(9)], "x", &mut next),
+            Err(JobError::UnknownKey(TaskKey(9)))
+        );
+        assert_eq!(session.len(), 1);
+        jobs.detach(&mut session, &[TaskKey(1)], "x", &mut next)
+            .unwrap();
+        let mut clash = keys(&[(1, 99)]);
+        assert_eq!(
+            jobs.adopt(&mut clash, "x"),
+            Err(JobError::KeyInUse {
+                key: TaskKey(1),
+                name: "x".into()
+            })
+        );
+        assert_eq!(
+            jobs.adopt(&mut clash, "y").unwrap_err().to_string(),
+            "no job `y`; the scheduler has: x"
+        );
+        assert_eq!(jobs.summary(), vec![("x".to_owned(), 1)]);
+    }
+}

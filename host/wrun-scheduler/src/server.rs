@@ -1,0 +1,289 @@
+//! The scheduler's life: bind, write the scheduler file, serve connections
+//! on one thread, tick the core's clock, and stop (on a signal, on its
+//! handle, or when the holder of the cluster secret shuts the cluster down).
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use wrun_core::{Core, CoreConfig};
+use wrun_proto::SchedulerFile;
+use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
+use wrun_proto::wrun_capnp::cluster;
+
+use crate::cluster::ClusterImpl;
+use crate::encode::flush;
+use crate::state::{Deferred, Shared, State};
+
+/// How the scheduler listens.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Interface to bind (default 127.0.0.1).
+    pub host: String,
+    /// Port; 0 picks a free one.
+    pub port: u16,
+    /// Where to write the scheduler file once listening.
+    pub scheduler_file: Option<PathBuf>,
+    /// The cluster secret; a random one when `None`.
+    pub secret: Option<String>,
+    /// Scheduling policy.
+    pub core: CoreConfig,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            scheduler_file: None,
+            secret: None,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// A scheduler running on its own thread.
+pub struct SchedulerHandle {
+    /// `host:port` it listens on.
+    pub address: String,
+    /// The cluster secret workers must present.
+    pub secret: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Option<i32>>>,
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl SchedulerHandle {
+    /// The scheduler file contents for this scheduler.
+    pub fn scheduler_file(&self) -> SchedulerFile {
+        SchedulerFile {
+            address: self.address.clone(),
+            secret: self.secret.clone(),
+            protocol: wrun_proto::PROTOCOL_VERSION,
+            pid: std::process::id(),
+        }
+    }
+
+    /// Stops the scheduler and waits for its thread.
+    pub fn stop(mut self) {
+        let _ = self.shutdown();
+    }
+
+    /// Waits until the scheduler stops by itself (a `shutdown` call with
+    /// the cluster secret) and returns the exit code that call asked for.
+    pub fn join(mut self) -> Option<i32> {
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok().flatten())
+    }
+
+    /// Resolves when the scheduler has stopped by itself (see [`SchedulerHandle::join`]).
+    pub fn ended(&mut self) -> impl std::future::Future<Output = ()> + use<> {
+        let ended = self.ended.take();
+        async move {
+            match ended {
+                Some(ended) => {
+                    let _ = ended.await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn shutdown(&mut self) -> Option<i32> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok().flatten())
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Binds, writes the scheduler file, and serves on a new thread.
+pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHandle> {
+    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?.to_string();
+    let secret = config.secret.clone().unwrap_or_else(wrun_proto::new_secret);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let mut handle = SchedulerHandle {
+        address,
+        secret: secret.clone(),
+        stop: Some(stop_tx),
+        thread: None,
+        ended: Some(ended_rx),
+    };
+    if let Some(path) = &config.scheduler_file {
+        handle.scheduler_file().write(path)?;
+    }
+    let core_config = config.core.clone();
+    let thread = std::thread::Builder::new()
+        .name("wrun-scheduler".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let local = tokio::task::LocalSet::new();
+            let code = local.block_on(&runtime, serve(listener, secret, core_config, stop_rx));
+            let _ = ended_tx.send(());
+            code
+        })?;
+    handle.thread = Some(thread);
+    info!(address = %handle.address, "scheduler listening");
+    Ok(handle)
+}
+
+/// Runs a scheduler until SIGINT or SIGTERM, or until a client with the
+/// cluster secret shuts the cluster down; returns the exit code it asked
+/// for. `listening` is told the address once the scheduler listens.
+pub fn run_scheduler(
+    config: SchedulerConfig,
+    listening: impl FnOnce(&str),
+) -> std::io::Result<Option<i32>> {
+    let mut handle = start_scheduler(config.clone())?;
+    listening(&handle.address);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ended = handle.ended();
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = ended => {}
+        }
+        std::io::Result::Ok(())
+    })?;
+    if let Some(path) = &config.scheduler_file {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(handle.shutdown())
+}
+
+/// Serves the bootstrap capability on one accepted connection.
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    cluster: &cluster::Client,
+) {
+    debug!(%peer, "connection");
+    let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster.clone().client));
+    tokio::task::spawn_local(async move {
+        if let Err(error) = rpc.await {
+            debug!(%peer, "connection ended: {error}");
+        }
+    });
+}
+
+/// How often the core's clock ticks (heartbeat time-outs are judged then).
+const TICK: Duration = Duration::from_millis(500);
+
+async fn serve(
+    listener: std::net::TcpListener,
+    secret: String,
+    core: CoreConfig,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Option<i32> {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel();
+    let shared: Shared = Rc::new(RefCell::new(State::new(
+        Core::new(core),
+        secret,
+        deferred_tx,
+        shutdown_tx,
+    )));
+    let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
+        shared: shared.clone(),
+    });
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break None,
+            code = &mut shutdown_rx => {
+                let code = code.unwrap_or(0);
+                shut_down(&shared, &listener, &cluster_client, code).await;
+                break Some(code);
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer, &cluster_client),
+                Err(error) => warn!("accept failed: {error}"),
+            },
+            Some(event) = deferred_rx.recv() => {
+                {
+                    let mut state = shared.borrow_mut();
+                    match event {
+                        Deferred::WorkerGone(worker) => state.remove_worker(worker),
+                        Deferred::ClientGone(client) => state.remove_client(client),
+                    }
+                    state.progress.notify_waiters();
+                }
+                flush(&shared);
+            }
+            _ = tick.tick() => remove_silent_workers(&shared),
+        }
+    }
+}
+
+/// Removes workers whose heartbeats stopped (the core judges by the clock).
+fn remove_silent_workers(shared: &Shared) {
+    let removed = {
+        let mut state = shared.borrow_mut();
+        let state = &mut *state;
+        let removed = state.core.tick(Instant::now(), &mut state.outbox);
+        for worker in &removed {
+            warn!(%worker, "worker missed its heartbeats; removed");
+            state.workers.remove(worker);
+        }
+        removed
+    };
+    if !removed.is_empty() {
+        shared.borrow().progress.notify_waiters();
+        flush(shared);
+    }
+}
+
+/// The cluster is stopping at a client's request: workers are told to exit
+/// cleanly (so their nannies do not restart them), and registrations still
+/// in flight get their answer, and the shutdown, before the listener closes.
+async fn shut_down(
+    shared: &Shared,
+    listener: &tokio::net::TcpListener,
+    cluster_client: &cluster::Client,
+    code: i32,
+) {
+    info!(code, "shutting down at a client's request");
+    let calls: Vec<_> = {
+        let mut state = shared.borrow_mut();
+        state.shutting_down = true;
+        state
+            .workers
+            .values()
+            .map(|w| w.control.shutdown_request().send().promise)
+            .collect()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(calls)).await;
+    let grace = tokio::time::sleep(Duration::from_millis(250));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut grace => break,
+            accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
+                serve_connection(stream, peer, cluster_client);
+            },
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The scheduler's state: the core, the connected workers and clients, the
+//! modules, the logs and jobs, and the [`Outbox`] that gathers the core's
+//! decisions until the handler that caused them ends.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+use wrun_core::{ClientId, Comm, Core, Failure, TaskId, TaskSpec, WorkerId};
+use wrun_proto::TaskKey;
+use wrun_proto::wrun_capnp::{task_listener, worker_control};
+
+use crate::jobs::Jobs;
+use crate::modules::{ModuleEntry, ModuleRegistry};
+
+/// What travels with a task to the worker; the core does not read it.
+#[derive(Clone)]
+pub(crate) struct Payload {
+    pub(crate) template: Rc<Template>,
+    /// The client's key of this task (events name tasks by key).
+    pub(crate) key: TaskKey,
+}
+
+/// What tasks of one submission share: one allocation for a whole map.
+pub(crate) struct Template {
+    pub(crate) module: Rc<ModuleEntry>,
+    pub(crate) name: String,
+    pub(crate) limits: wrun_proto::TaskLimits,
+}
+
+/// A registered worker: the capability to command it and what it told us.
+pub(crate) struct WorkerConn {
+    pub(crate) control: worker_control::Client,
+    pub(crate) name: String,
+    pub(crate) threads: u32,
+    pub(crate) memory_bytes: u64,
+    pub(crate) peer_address: String,
+    pub(crate) pid: u32,
+    pub(crate) slurm_job_id: String,
+    pub(crate) end_time_ms: u64,
+}
+
+/// A client session: where its events go and its tasks by key.
+pub(crate) struct ClientConn {
+    pub(crate) listener: task_listener::Client,
+    pub(crate) keys: HashMap<TaskKey, TaskId>,
+}
+
+/// What a client hears about one of its tasks.
+pub(crate) enum ClientEvent {
+    Done(u64),
+    Failed(String, String),
+}
+
+/// A task assigned, with a holder for each of its dependencies.
+pub(crate) type Assigned = (TaskId, Vec<(TaskId, WorkerId)>);
+
+/// The core's decisions, gathered per worker and client until the handler
+/// ends and [`crate::encode::flush`] sends one call per worker and kind.
+/// Assignments keep only the task and where its inputs are: the task's
+/// spec is read from the core when the batch is encoded.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) run: BTreeMap<WorkerId, Vec<Assigned>>,
+    pub(crate) steal: BTreeMap<WorkerId, Vec<TaskId>>,
+    pub(crate) cancel: BTreeMap<WorkerId, Vec<TaskId>>,
+    pub(crate) free: BTreeMap<WorkerId, Vec<TaskId>>,
+    pub(crate) replicate: BTreeMap<WorkerId, Vec<(TaskId, WorkerId)>>,
+    pub(crate) client: BTreeMap<ClientId, Vec<(TaskId, ClientEvent)>>,
+}
+
+impl Comm<Payload> for Outbox {
+    fn assign(
+        &mut self,
+        worker: WorkerId,
+        task: &TaskSpec<Payload>,
+        inputs: &[(TaskId, WorkerId)],
+    ) {
+        self.run
+            .entry(worker)
+            .or_default()
+            .push((task.id, inputs.to_vec()));
+    }
+    fn steal(&mut self, worker: WorkerId, tasks: &[TaskId]) {
+        self.steal
+            .entry(worker)
+            .or_default()
+            .extend_from_slice(tasks);
+    }
+    fn cancel(&mut self, worker: WorkerId, task: TaskId) {
+        self.cancel.entry(worker).or_default().push(task);
+    }
+    fn free(&mut self, worker: WorkerId, task: TaskId) {
+        self.free.entry(worker).or_default().push(task);
+    }
+    fn replicate(&mut self, to: WorkerId, task: TaskId, from: WorkerId) {
+        self.replicate.entry(to).or_default().push((task, from));
+    }
+    fn done(&mut self, client: ClientId, task: TaskId, _worker: WorkerId, size: u64) {
+        self.client
+            .entry(client)
+            .or_default()
+            .push((task, ClientEvent::Done(size)));
+    }
+    fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure) {
+        self.client.entry(client).or_default().push((
+            task,
+            ClientEvent::Failed(failure_kind(failure).to_owned(), failure.to_string()),
+        ));
+    }
+}
+
+/// The short kind a client sees for a failure ("panic", "dependency", ...).
+pub(crate) fn failure_kind(failure: &Failure) -> &str {
+    match failure {
+        Failure::Error { kind, .. } => kind.as_str(),
+        Failure::Dependency { .. } => "dependency",
+        Failure::Suspicious { .. } => "suspicious",
+        Failure::Cancelled => "cancelled",
+    }
+}
+
+/// Work a dropped capability leaves for the scheduler's loop (a `Drop` must
+/// not borrow the state, which its caller may hold).
+pub(crate) enum Deferred {
+    WorkerGone(WorkerId),
+    ClientGone(ClientId),
+}
+
+pub(crate) struct State {
+    pub(crate) core: Core<Payload>,
+    pub(crate) secret: String,
+    pub(crate) modules: ModuleRegistry,
+    pub(crate) workers: HashMap<WorkerId, WorkerConn>,
+    pub(crate) clients: HashMap<ClientId, ClientConn>,
+    /// Captured stdout and stderr of finished tasks that printed anything.
+    pub(crate) logs: HashMap<TaskId, (Vec<u8>, Vec<u8>)>,
+    pub(crate) jobs: Jobs,
+    /// One sequence for task, worker, client and job numbers, so no two
+    /// things in a scheduler share a number.
+    pub(crate) next_id: u64,
+    pub(crate) outbox: Outbox,
+    pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
+    /// Woken whenever tasks finish, for fetches waiting on a recomputation.
+    pub(crate) finished: Rc<tokio::sync::Notify>,
+    /// Woken after every batch of worker events and every worker removal,
+    /// for retirements waiting to complete.
+    pub(crate) progress: Rc<tokio::sync::Notify>,
+    /// Fired by a `shutdown` call with the exit code it asks for.
+    pub(crate) shutdown: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// Shutting down: workers that register now are told to exit at once.
+    pub(crate) shutting_down: bool,
+}
+
+pub(crate) type Shared = Rc<RefCell<State>>;
+
+impl State {
+    pub(crate) fn new(
+        core: Core<Payload>,
+        secret: String,
+        deferred: mpsc::UnboundedSender<Deferred>,
+        shutdown: tokio::sync::oneshot::Sender<i32>,
+    ) -> State {
+        State {
+            core,
+            secret,
+            modules: ModuleRegistry::default(),
+            workers: HashMap::new(),
+            clients: HashMap::new(),
+            logs: HashMap::new(),
+            jobs: Jobs::default(),
+            next_id: 0,
+            outbox: Outbox::default(),
+            deferred,
+            finished: Rc::new(tokio::sync::Notify::new()),
+            progress: Rc::new(tokio::sync::Notify::new()),
+            shutdown: Some(shutdown),
+            shutting_down: false,
+        }
+    }
+
+    /// A fresh number from [`State::next_id`].
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn remove_worker(&mut self, worker: WorkerId) {
+        if self.workers.remove(&worker).is_some() {
+            info!(%worker, "worker removed");
+        }
+        self.core.remove_worker(worker, &mut self.outbox);
+    }
+
+    pub(crate) fn remove_client(&mut self, client: ClientId) {
+        let Some(conn) = self.clients.remove(&client) else {
+            return;
+        };
+        let tasks: Vec<TaskId> = conn.keys.values().copied().collect();
+        self.modules.forget_uploads_of(client);
+        debug!(
+            client = client.0,
+            tasks = tasks.len(),
+            "client gone; cancelling its tasks"
+        );
+        self.cancel(&tasks);
+    }
+
+    /// Cancels tasks in the core and forgets their logs.
+    pub(crate) fn cancel(&mut self, tasks: &[TaskId]) {
+        self.core.cancel(tasks, &mut self.outbox);
+        for task in tasks {
+            self.logs.remove(task);
+        }
+    }
+
+    /// The task a session's key names.
+    pub(crate) fn task_of(&self, client: ClientId, key: TaskKey) -> Option<TaskId> {
+        self.clients
+            .get(&client)
+            .and_then(|c| c.keys.get(&key).copied())
+    }
+
+    /// Keeps a finished task's captured output, if it printed anything.
+    pub(crate) fn keep_logs(&mut self, task: TaskId, stdout: &[u8], stderr: &[u8]) {
+        if !stdout.is_empty() || !stderr.is_empty() {
+            self.logs.insert(task, (stdout.to_vec(), stderr.to_vec()));
+        }
+    }
+
+    /// Where a worker's peers fetch from ("" if it is gone).
+    pub(crate) fn peer_address(&self, worker: WorkerId) -> &str {
+        self.workers
+            .get(&worker)
+            .map(|w| w.peer_address.as_str())
+            .unwrap_or("")
+    }
+}

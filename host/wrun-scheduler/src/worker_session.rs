@@ -1,0 +1,158 @@
+//! `WorkerSession`: what a registered worker tells the scheduler (task
+//! events, heartbeats, retiring) and asks of it (modules).
+
+use std::time::Instant;
+
+use capnp::capability::Rc as CapRc;
+use tokio::sync::mpsc;
+use tracing::info;
+use wrun_core::{Failure, TaskId, WorkerId};
+use wrun_proto::wrun_capnp::{worker_event, worker_session};
+use wrun_proto::{chunk_at, failed};
+
+use crate::encode::flush;
+use crate::modules::digest_from;
+use crate::state::{Deferred, Shared, State};
+
+pub(crate) struct WorkerSessionImpl {
+    pub(crate) shared: Shared,
+    pub(crate) worker: WorkerId,
+    pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
+}
+
+impl Drop for WorkerSessionImpl {
+    fn drop(&mut self) {
+        let _ = self.deferred.send(Deferred::WorkerGone(self.worker));
+    }
+}
+
+fn removed() -> capnp::Error {
+    failed("this worker was removed")
+}
+
+/// Hands one worker event to the core.
+fn apply_event(
+    state: &mut State,
+    worker: WorkerId,
+    event: worker_event::Reader<'_>,
+) -> Result<(), capnp::Error> {
+    use worker_event::Which;
+    let task = TaskId(event.get_task());
+    match event.which()? {
+        Which::Started(()) => state.core.task_started(worker, task),
+        Which::Finished(done) => {
+            state.keep_logs(task, done.get_stdout()?, done.get_stderr()?);
+            state
+                .core
+                .task_finished(worker, task, done.get_size(), &mut state.outbox);
+        }
+        Which::Failed(failure) => {
+            state.keep_logs(task, failure.get_stdout()?, failure.get_stderr()?);
+            let failure = Failure::Error {
+                kind: failure.get_kind()?.to_str()?.to_owned(),
+                message: failure.get_message()?.to_str()?.to_owned(),
+            };
+            state
+                .core
+                .task_failed(worker, task, failure, &mut state.outbox);
+        }
+        Which::Stolen(given_back) => {
+            state
+                .core
+                .steal_response(worker, task, given_back, &mut state.outbox)
+        }
+        Which::Replicated(ok) => state.core.replicated(worker, task, ok, &mut state.outbox),
+    }
+    Ok(())
+}
+
+impl worker_session::Server for WorkerSessionImpl {
+    async fn events(
+        self: CapRc<Self>,
+        params: worker_session::EventsParams,
+        _: worker_session::EventsResults,
+    ) -> Result<(), capnp::Error> {
+        let events = params.get()?.get_events()?;
+        {
+            let mut state = self.shared.borrow_mut();
+            if !state.workers.contains_key(&self.worker) {
+                return Err(removed());
+            }
+            state.core.heartbeat(self.worker, Instant::now());
+            for event in events.iter() {
+                apply_event(&mut state, self.worker, event)?;
+            }
+            state.progress.notify_waiters();
+        }
+        flush(&self.shared);
+        Ok(())
+    }
+
+    async fn retire(
+        self: CapRc<Self>,
+        _: worker_session::RetireParams,
+        _: worker_session::RetireResults,
+    ) -> Result<(), capnp::Error> {
+        {
+            let mut state = self.shared.borrow_mut();
+            let state = &mut *state;
+            if !state.workers.contains_key(&self.worker) {
+                return Err(removed());
+            }
+            info!(worker = %self.worker, "worker retiring");
+            state.core.retire_worker(self.worker, &mut state.outbox);
+        }
+        flush(&self.shared);
+        let progress = self.shared.borrow().progress.clone();
+        loop {
+            // Created before the check, so no wake-up between them is missed.
+            let notified = progress.notified();
+            {
+                let mut state = self.shared.borrow_mut();
+                if !state.workers.contains_key(&self.worker) {
+                    return Err(failed("this worker was removed while retiring"));
+                }
+                if state.core.retirement_complete(self.worker) {
+                    info!(worker = %self.worker, "worker retired");
+                    state.remove_worker(self.worker);
+                    state.progress.notify_waiters();
+                    drop(state);
+                    flush(&self.shared);
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn heartbeat(
+        self: CapRc<Self>,
+        _: worker_session::HeartbeatParams,
+        _: worker_session::HeartbeatResults,
+    ) -> Result<(), capnp::Error> {
+        let mut state = self.shared.borrow_mut();
+        if !state.workers.contains_key(&self.worker) {
+            return Err(removed());
+        }
+        state.core.heartbeat(self.worker, Instant::now());
+        Ok(())
+    }
+
+    async fn fetch_module(
+        self: CapRc<Self>,
+        params: worker_session::FetchModuleParams,
+        mut results: worker_session::FetchModuleResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let digest = digest_from(params.get_digest()?).map_err(failed)?;
+        let state = self.shared.borrow();
+        let module = state
+            .modules
+            .get(&digest)
+            .ok_or_else(|| failed("unknown module"))?;
+        let mut chunk = results.get().init_chunk();
+        chunk.set_data(chunk_at(&module.bytes, params.get_offset())?);
+        chunk.set_total(module.bytes.len() as u64);
+        Ok(())
+    }
+}

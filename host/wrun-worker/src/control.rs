@@ -1,0 +1,283 @@
+//! `WorkerControl`: how the scheduler commands this worker. Run batches of
+//! assignments (preparing those whose module or inputs must be fetched
+//! first), give back queued tasks (steal), cancel, free results, answer
+//! fetches, copy results from retiring peers, and shut down.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use capnp::capability::Rc as CapRc;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
+use tracing::{debug, info};
+use wrun_abi::ModuleDigest;
+use wrun_proto::wrun_capnp::{worker_control, worker_session};
+use wrun_proto::{TaskId, fetch_chunked};
+
+use crate::inputs::{Pending, PendingInput};
+use crate::outbox::Event;
+use crate::peers::{Peers, fill_chunk};
+use crate::state::WorkerState;
+
+/// The most value bytes one batched fetch answers with; the rest come back
+/// as `large` and are read in chunks (messages stay far below the reader limit).
+const BATCH_BYTES: usize = 4 << 20;
+
+type ModuleFetch = Shared<LocalBoxFuture<'static, Result<(), String>>>;
+
+pub(crate) struct ControlImpl {
+    pub(crate) state: Arc<WorkerState>,
+    /// The worker's session, once registered (the scheduler may send work
+    /// before the registration call returns).
+    pub(crate) session: tokio::sync::watch::Receiver<Option<worker_session::Client>>,
+    pub(crate) module_fetches: RefCell<HashMap<ModuleDigest, ModuleFetch>>,
+    pub(crate) peers: Peers,
+    pub(crate) shutdown: Rc<tokio::sync::Notify>,
+}
+
+impl ControlImpl {
+    /// Makes sure the module is here: fetched from the scheduler once, by
+    /// however many assignments need it meanwhile.
+    fn module_fetch(&self, digest: ModuleDigest) -> ModuleFetch {
+        if let Some(fetch) = self.module_fetches.borrow().get(&digest) {
+            return fetch.clone();
+        }
+        let mut session = self.session.clone();
+        let state = self.state.clone();
+        let fetch = async move {
+            if state.modules.get(&digest).is_some() {
+                return Ok(());
+            }
+            let session = session
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| "the worker stopped before registering".to_owned())?
+                .clone()
+                .expect("waited for Some");
+            let bytes = fetch_chunked(|offset| {
+                let mut request = session.fetch_module_request();
+                request.get().set_digest(&digest.0);
+                request.get().set_offset(offset);
+                request.send().promise
+            })
+            .await
+            .map_err(|e| format!("fetching the module: {e}"))?;
+            if ModuleDigest::of(&bytes) != digest {
+                return Err("the scheduler sent a module with another digest".to_owned());
+            }
+            state.modules.insert(digest, Arc::new(bytes));
+            Ok(())
+        }
+        .boxed_local()
+        .shared();
+        self.module_fetches
+            .borrow_mut()
+            .insert(digest, fetch.clone());
+        fetch
+    }
+}
+
+/// Fetches what an assignment lacks, then queues it (unless it was
+/// cancelled meanwhile); a failure fails the task.
+fn prepare(control: &CapRc<ControlImpl>, pending: Pending<'static>) {
+    {
+        let task = pending.task;
+        control.state.queue.preparing(task);
+        let this = control.clone();
+        tokio::task::spawn_local(async move {
+            let prepared = async {
+                this.module_fetch(pending.digest).await?;
+                let mut remote = HashMap::new();
+                for input in &pending.inputs {
+                    if let PendingInput::Remote(dep, address) = input {
+                        let started = std::time::Instant::now();
+                        let value = this
+                            .peers
+                            .fetch(address, *dep)
+                            .await
+                            .map_err(|e| format!("fetching input {dep} from {address}: {e}"))?;
+                        info!(
+                            target: "wrun_worker::transfer",
+                            task = dep.0,
+                            bytes = value.len(),
+                            micros = started.elapsed().as_micros() as u64,
+                            "fetched an input from a peer"
+                        );
+                        remote.insert(*dep, value);
+                    }
+                }
+                pending.assemble(&this.state.results, &remote)
+            }
+            .await;
+            match prepared {
+                Ok(job) => {
+                    this.state.queue.push(job);
+                }
+                Err(message) => {
+                    debug!(%task, "preparing failed: {message}");
+                    this.state.queue.abandon(task);
+                    this.state
+                        .events
+                        .push(Event::failed_before_running(task, "host", message), true);
+                }
+            }
+        });
+    }
+}
+
+fn task_ids(list: capnp::primitive_list::Reader<'_, u64>) -> impl Iterator<Item = TaskId> + '_ {
+    list.iter().map(TaskId)
+}
+
+impl worker_control::Server for ControlImpl {
+    async fn run(
+        self: CapRc<Self>,
+        params: worker_control::RunParams,
+        _: worker_control::RunResults,
+    ) -> Result<(), capnp::Error> {
+        let tasks = params.get()?.get_tasks()?;
+        for assignment in tasks.iter() {
+            let pending = match Pending::decode(assignment) {
+                Ok(pending) => pending,
+                Err((task, message)) => {
+                    self.state
+                        .events
+                        .push(Event::failed_before_running(task, "host", message), true);
+                    continue;
+                }
+            };
+            if pending.all_local() && self.state.modules.get(&pending.digest).is_some() {
+                // The common case: no waiting, and the queue keeps assignment order.
+                let task = pending.task;
+                match pending.assemble(&self.state.results, &HashMap::new()) {
+                    Ok(job) => {
+                        self.state.queue.push(job);
+                    }
+                    Err(message) => self
+                        .state
+                        .events
+                        .push(Event::failed_before_running(task, "host", message), true),
+                }
+                continue;
+            }
+            prepare(&self, pending.into_owned());
+        }
+        Ok(())
+    }
+
+    async fn shutdown(
+        self: CapRc<Self>,
+        _: worker_control::ShutdownParams,
+        _: worker_control::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        self.shutdown.notify_one();
+        Ok(())
+    }
+
+    async fn replicate(
+        self: CapRc<Self>,
+        params: worker_control::ReplicateParams,
+        _: worker_control::ReplicateResults,
+    ) -> Result<(), capnp::Error> {
+        for copy in params.get()?.get_copies()?.iter() {
+            let task = TaskId(copy.get_task());
+            let address = copy.get_address()?.to_str()?.to_owned();
+            let this = self.clone();
+            tokio::task::spawn_local(async move {
+                let ok = match this.peers.fetch(&address, task).await {
+                    Ok(value) => {
+                        this.state.results.insert(task, value);
+                        true
+                    }
+                    Err(error) => {
+                        debug!(%task, "copying from a retiring peer at {address} failed: {error}");
+                        false
+                    }
+                };
+                this.state.events.push(Event::Replicated(task, ok), true);
+            });
+        }
+        Ok(())
+    }
+
+    async fn steal(
+        self: CapRc<Self>,
+        params: worker_control::StealParams,
+        _: worker_control::StealResults,
+    ) -> Result<(), capnp::Error> {
+        for task in task_ids(params.get()?.get_tasks()?) {
+            let given_back = self.state.queue.steal(task);
+            self.state
+                .events
+                .push(Event::Stolen(task, given_back), true);
+        }
+        Ok(())
+    }
+
+    async fn cancel(
+        self: CapRc<Self>,
+        params: worker_control::CancelParams,
+        _: worker_control::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        for task in task_ids(params.get()?.get_tasks()?) {
+            // Queued: gone; running: stopped within a tick; being prepared:
+            // dropped when ready; unknown: nothing to do.
+            self.state.queue.cancel(task);
+        }
+        Ok(())
+    }
+
+    async fn free(
+        self: CapRc<Self>,
+        params: worker_control::FreeParams,
+        _: worker_control::FreeResults,
+    ) -> Result<(), capnp::Error> {
+        let tasks = params.get()?.get_tasks()?;
+        let mut results = self.state.results.lock();
+        for task in task_ids(tasks) {
+            results.remove(&task);
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        self: CapRc<Self>,
+        params: worker_control::FetchParams,
+        mut results: worker_control::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        fill_chunk(
+            &self.state,
+            TaskId(params.get_task()),
+            params.get_offset(),
+            results.get().init_chunk(),
+        )
+    }
+
+    async fn fetch_many(
+        self: CapRc<Self>,
+        params: worker_control::FetchManyParams,
+        mut results: worker_control::FetchManyResults,
+    ) -> Result<(), capnp::Error> {
+        let tasks = params.get()?.get_tasks()?;
+        let store = self.state.results.lock();
+        let mut values = results.get().init_values(tasks.len());
+        let mut total = 0usize;
+        for (i, task) in task_ids(tasks).enumerate() {
+            let mut value = values.reborrow().get(i as u32);
+            match store.get(&task) {
+                None => value.set_missing("no such result on this worker"),
+                Some(bytes) if total + bytes.len() > BATCH_BYTES => {
+                    value.set_large(bytes.len() as u64)
+                }
+                Some(bytes) => {
+                    total += bytes.len();
+                    value.set_data(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! The executor threads: each takes a job from the queue, runs it in a
+//! fresh sandbox instance, keeps the result, and reports the outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::outbox::Event;
+use crate::queue::Job;
+use crate::state::WorkerState;
+
+/// One executor thread's loop, until the queue stops.
+pub(crate) fn executor(state: Arc<WorkerState>) {
+    while let Some((job, cancel)) = state.queue.take() {
+        state.events.push(Event::Started(job.task), false);
+        let event = run_job(&state, &job, &cancel);
+        let idle = state.queue.finished(job.task);
+        state.events.push(event, idle);
+    }
+}
+
+fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
+    let fail = |kind: &str, message: String| Event::failed_before_running(job.task, kind, message);
+    let module = match state.sandbox.loaded(&job.digest) {
+        Some(module) => module,
+        None => {
+            let Some(bytes) = state.modules.get(&job.digest) else {
+                return fail("host", "the module is not on this worker".to_owned());
+            };
+            match state.sandbox.load(&bytes) {
+                Ok((module, _)) => module,
+                Err(error) => return fail("bad-module", error.to_string()),
+            }
+        }
+    };
+    let run = state
+        .sandbox
+        .run_cancellable(&module, &job.name, &job.args, &job.limits, cancel);
+    match run.result {
+        Ok(bytes) => {
+            let size = bytes.len() as u64;
+            state.results.insert(job.task, bytes);
+            Event::Finished {
+                task: job.task,
+                size,
+                stdout: run.stdout.bytes,
+                stderr: run.stderr.bytes,
+            }
+        }
+        Err(error) => Event::Failed {
+            task: job.task,
+            kind: error.kind().to_owned(),
+            message: error.to_string(),
+            stdout: run.stdout.bytes,
+            stderr: run.stderr.bytes,
+        },
+    }
+}

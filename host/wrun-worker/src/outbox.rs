@@ -1,0 +1,223 @@
+//! Task events on their way to the scheduler: gathered here by the
+//! executors (and the RPC thread), sent in batches by the RPC thread
+//! (`session.rs`).
+//!
+//! Waking the RPC thread for every event cost each task a thread wake-up on
+//! the worker and a message the scheduler woke up for. So it is woken by
+//! the first event of a batch (to start its clock), by a full batch, and by
+//! anything urgent: an executor that found no more queued work (the worker
+//! needs tasks, or a chain waits on this result) or an answer to the
+//! scheduler. Otherwise a batch waits at most [`EVENT_COALESCE`].
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use wrun_proto::TaskId;
+use wrun_proto::wrun_capnp::worker_event;
+
+/// How many gathered events make a batch worth sending at once.
+pub(crate) const EVENT_BATCH: usize = 64;
+
+/// How long a busy worker lets task events gather before sending them.
+pub(crate) const EVENT_COALESCE: Duration = Duration::from_millis(1);
+
+/// How far back a `finished` looks for its task's unsent `started`.
+const STARTED_WINDOW: usize = 8;
+
+/// What a worker tells the scheduler about a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    Started(TaskId),
+    Finished {
+        task: TaskId,
+        size: u64,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    Failed {
+        task: TaskId,
+        kind: String,
+        message: String,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// The answer to a steal: true if given back.
+    Stolen(TaskId, bool),
+    /// The answer to a replicate: true if the copy is here.
+    Replicated(TaskId, bool),
+}
+
+impl Event {
+    /// A failure before the task ran (its module or an input could not be had).
+    pub(crate) fn failed_before_running(task: TaskId, kind: &str, message: String) -> Event {
+        Event::Failed {
+            task,
+            kind: kind.to_owned(),
+            message,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Writes the event into its schema struct.
+    pub(crate) fn write(&self, mut e: worker_event::Builder<'_>) {
+        match self {
+            Event::Started(task) => {
+                e.set_task(task.0);
+                e.set_started(());
+            }
+            Event::Finished {
+                task,
+                size,
+                stdout,
+                stderr,
+            } => {
+                e.set_task(task.0);
+                let mut f = e.init_finished();
+                f.set_size(*size);
+                f.set_stdout(stdout);
+                f.set_stderr(stderr);
+            }
+            Event::Failed {
+                task,
+                kind,
+                message,
+                stdout,
+                stderr,
+            } => {
+                e.set_task(task.0);
+                let mut f = e.init_failed();
+                f.set_kind(kind);
+                f.set_message(message);
+                f.set_stdout(stdout);
+                f.set_stderr(stderr);
+            }
+            Event::Stolen(task, given) => {
+                e.set_task(task.0);
+                e.set_stolen(*given);
+            }
+            Event::Replicated(task, ok) => {
+                e.set_task(task.0);
+                e.set_replicated(*ok);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct EventOutbox {
+    pending: Mutex<Vec<Event>>,
+    /// Wakes the RPC thread's sending loop.
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl EventOutbox {
+    fn lock(&self) -> MutexGuard<'_, Vec<Event>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an event; `urgent` wakes the sender at once.
+    pub(crate) fn push(&self, event: Event, urgent: bool) {
+        let count = {
+            let mut pending = self.lock();
+            // A task that ends before its `started` was sent needs no
+            // `started`: the scheduler would only mark it running to unmark
+            // it in the same batch. Half the events of a map of short tasks.
+            if let Event::Finished { task, .. } | Event::Failed { task, .. } = &event {
+                let from = pending.len().saturating_sub(STARTED_WINDOW);
+                if let Some(i) = pending[from..]
+                    .iter()
+                    .rposition(|e| matches!(e, Event::Started(t) if t == task))
+                {
+                    pending.remove(from + i);
+                }
+            }
+            pending.push(event);
+            pending.len()
+        };
+        if urgent || count == 1 || count >= EVENT_BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Everything gathered so far, in order.
+    pub(crate) fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn finished(task: u64) -> Event {
+        Event::Finished {
+            task: TaskId(task),
+            size: 1,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+
+    fn woken(outbox: &EventOutbox) -> bool {
+        outbox.wake.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_started_overtaken_by_its_finished_is_dropped() {
+        let outbox = EventOutbox::default();
+        outbox.push(Event::Started(TaskId(1)), false);
+        outbox.push(Event::Started(TaskId(2)), false);
+        outbox.push(finished(1), false);
+        outbox.push(
+            Event::failed_before_running(TaskId(2), "host", "x".into()),
+            false,
+        );
+        assert_eq!(
+            outbox.take(),
+            vec![
+                finished(1),
+                Event::failed_before_running(TaskId(2), "host", "x".into())
+            ]
+        );
+        // A `started` already sent stays sent: the `finished` goes alone.
+        outbox.push(finished(1), false);
+        assert_eq!(outbox.take(), vec![finished(1)]);
+    }
+
+    #[test]
+    fn a_started_far_back_is_kept() {
+        let outbox = EventOutbox::default();
+        outbox.push(Event::Started(TaskId(1)), false);
+        for task in 10..10 + STARTED_WINDOW as u64 {
+            outbox.push(Event::Stolen(TaskId(task), true), false);
+        }
+        outbox.push(finished(1), false);
+        let events = outbox.take();
+        assert_eq!(events[0], Event::Started(TaskId(1)));
+        assert_eq!(events.len(), STARTED_WINDOW + 2);
+    }
+
+    #[test]
+    fn the_sender_is_woken_by_the_first_event_a_full_batch_or_an_urgent_one() {
+        let outbox = EventOutbox::default();
+        outbox.push(Event::Started(TaskId(1)), false);
+        assert!(woken(&outbox), "the first event starts the clock");
+        outbox.push(Event::Started(TaskId(2)), false);
+        assert!(!woken(&outbox));
+        outbox.push(Event::Stolen(TaskId(3), true), true);
+        assert!(woken(&outbox), "urgent");
+        for task in 4..EVENT_BATCH as u64 {
+            outbox.push(Event::Started(TaskId(task)), false);
+            assert!(!woken(&outbox), "{task}");
+        }
+        outbox.push(Event::Started(TaskId(999)), false);
+        assert_eq!(outbox.len(), EVENT_BATCH);
+        assert!(woken(&outbox), "a full batch");
+    }
+}

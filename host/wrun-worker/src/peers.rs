@@ -1,0 +1,128 @@
+//! Peers: this worker serves its results to other workers on its peer
+//! address, and fetches inputs (and copies from retiring peers) from
+//! theirs, over one connection per peer.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
+use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
+use wrun_proto::wrun_capnp::{chunk, peer};
+use wrun_proto::{TaskId, chunk_at, failed, fetch_chunked};
+
+use crate::state::WorkerState;
+
+/// Answers a chunked fetch of one of our results (from the scheduler or a peer).
+pub(crate) fn fill_chunk(
+    state: &WorkerState,
+    task: TaskId,
+    offset: u64,
+    mut chunk: chunk::Builder<'_>,
+) -> Result<(), capnp::Error> {
+    let value = state
+        .results
+        .get(task)
+        .ok_or_else(|| failed("no such result on this worker"))?;
+    chunk.set_data(chunk_at(&value, offset)?);
+    chunk.set_total(value.len() as u64);
+    Ok(())
+}
+
+/// Serves `Peer` on the listener: other workers fetch our results.
+pub(crate) fn serve_peers(listener: tokio::net::TcpListener, state: Arc<WorkerState>) {
+    let server: peer::Client = capnp_rpc::new_client(PeerImpl { state });
+    tokio::task::spawn_local(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(server.clone().client));
+            tokio::task::spawn_local(async move {
+                let _ = rpc.await;
+            });
+        }
+    });
+}
+
+struct PeerImpl {
+    state: Arc<WorkerState>,
+}
+
+impl peer::Server for PeerImpl {
+    async fn fetch(
+        self: CapRc<Self>,
+        params: peer::FetchParams,
+        mut results: peer::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        fill_chunk(
+            &self.state,
+            TaskId(params.get_task()),
+            params.get_offset(),
+            results.get().init_chunk(),
+        )
+    }
+}
+
+type PeerConnect = Shared<LocalBoxFuture<'static, Result<peer::Client, String>>>;
+
+/// One connection per peer, reused by every fetch from it (a new
+/// connection per fetch left one open socket behind each time).
+#[derive(Clone, Default)]
+pub(crate) struct Peers {
+    connections: Rc<RefCell<HashMap<String, PeerConnect>>>,
+}
+
+impl Peers {
+    fn connect(&self, address: &str) -> PeerConnect {
+        if let Some(connect) = self.connections.borrow().get(address) {
+            return connect.clone();
+        }
+        let key = address.to_owned();
+        let connections = self.connections.clone();
+        let connect = async move {
+            let connected = wrun_proto::connect_with_retry(&key, Duration::from_secs(5)).await;
+            let stream = match connected {
+                Ok(stream) => stream,
+                Err(error) => {
+                    connections.borrow_mut().remove(&key);
+                    return Err(error.to_string());
+                }
+            };
+            let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
+            let client: peer::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(async move {
+                let _ = rpc.await;
+                // The connection is gone: the next fetch connects again.
+                connections.borrow_mut().remove(&key);
+            });
+            Ok(client)
+        }
+        .boxed_local()
+        .shared();
+        // Concurrent fetches from the same peer share one connection attempt.
+        self.connections
+            .borrow_mut()
+            .insert(address.to_owned(), connect.clone());
+        connect
+    }
+
+    /// Fetches `task`'s result from the peer at `address`. After a failure
+    /// the connection is dropped, so the next fetch connects again.
+    pub(crate) async fn fetch(&self, address: &str, task: TaskId) -> Result<Vec<u8>, String> {
+        let peer = self.connect(address).await?;
+        let value = fetch_chunked(|offset| {
+            let mut request = peer.fetch_request();
+            request.get().set_task(task.0);
+            request.get().set_offset(offset);
+            request.send().promise
+        })
+        .await;
+        value.map_err(|error| {
+            self.connections.borrow_mut().remove(address);
+            error.to_string()
+        })
+    }
+}

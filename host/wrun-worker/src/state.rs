@@ -1,0 +1,77 @@
+//! What the RPC thread and the executor threads share: the task queue, the
+//! results this worker holds, the modules it has, the sandbox, and the
+//! outbox of task events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wrun_abi::ModuleDigest;
+use wrun_proto::TaskId;
+use wrun_sandbox::Sandbox;
+
+use crate::outbox::EventOutbox;
+use crate::queue::TaskQueue;
+
+pub(crate) struct WorkerState {
+    pub(crate) queue: TaskQueue,
+    pub(crate) results: ResultStore,
+    pub(crate) modules: ModuleStore,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) events: EventOutbox,
+}
+
+impl WorkerState {
+    pub(crate) fn new(sandbox: Sandbox) -> WorkerState {
+        WorkerState {
+            queue: TaskQueue::default(),
+            results: ResultStore::default(),
+            modules: ModuleStore::default(),
+            sandbox,
+            events: EventOutbox::default(),
+        }
+    }
+}
+
+/// The results this worker made or copied, kept until the scheduler frees them.
+#[derive(Default)]
+pub(crate) struct ResultStore {
+    values: Mutex<HashMap<TaskId, Arc<Vec<u8>>>>,
+}
+
+impl ResultStore {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<Vec<u8>>>> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, task: TaskId) -> Option<Arc<Vec<u8>>> {
+        self.lock().get(&task).cloned()
+    }
+
+    pub(crate) fn insert(&self, task: TaskId, value: Vec<u8>) {
+        self.lock().insert(task, Arc::new(value));
+    }
+}
+
+/// Module bytes this worker fetched, by digest (the sandbox keeps the
+/// compiled modules).
+#[derive(Default)]
+pub(crate) struct ModuleStore {
+    bytes: Mutex<HashMap<ModuleDigest, Arc<Vec<u8>>>>,
+}
+
+impl ModuleStore {
+    pub(crate) fn get(&self, digest: &ModuleDigest) -> Option<Arc<Vec<u8>>> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    pub(crate) fn insert(&self, digest: ModuleDigest, bytes: Arc<Vec<u8>>) {
+        self.bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, bytes);
+    }
+}
