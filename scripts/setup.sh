@@ -31,7 +31,12 @@ fi
 
 # `--tests`: what the test suite needs besides. MPICH for the `wrun mpi`
 # tests (Slurm itself is installed and started by
-# deploy/slurm/dev/start-local-slurm.sh, which scripts/test.sh runs).
-if [ "${1:-}" = "--tests" ] && ! command -v mpiexec.mpich >/dev/null 2>&1; then
-  apt_install mpich
+# deploy/slurm/dev/start-local-slurm.sh, which scripts/test.sh runs); clang,
+# lld, wasi-libc and the wasm32 compiler runtime for the C task module that
+# tests/build.rs compiles by guest-sdk/ABI.md's recipe.
+if [ "${1:-}" = "--tests" ]; then
+  command -v mpiexec.mpich >/dev/null 2>&1 || apt_install mpich
+  c_guest="clang lld wasi-libc libclang-rt-dev-wasm32"
+  # shellcheck disable=SC2086
+  dpkg -s $c_guest >/dev/null 2>&1 || apt_install $c_guest
 fi

@@ -35,8 +35,22 @@
   (func (export "wrun.task.refuse") (param $args i32) (param $len i32) (result i32)
     (call $reply (i32.const 1) (i32.const 32) (i32.const 15)))
 
+  ;; liar() -> i64 that returns the string "hi" (a2 68 69): the host must
+  ;; refuse a result that is not of the declared type.
+  (data (i32.const 48) "\a2hi")
+  (func (export "wrun.task.liar") (param $args i32) (param $len i32) (result i32)
+    (call $reply (i32.const 0) (i32.const 48) (i32.const 3)))
+
+  ;; reserved() -> any that returns the byte 0xc1, which MessagePack
+  ;; reserves: not a value at all.
+  (data (i32.const 56) "\c1")
+  (func (export "wrun.task.reserved") (param $args i32) (param $len i32) (result i32)
+    (call $reply (i32.const 0) (i32.const 56) (i32.const 1)))
+
   ;; The signatures, one JSON record each, concatenated.
   (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"answer\",\"params\":[],\"returns\":\"u64\"}\n")
   (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"echo\",\"params\":[{\"name\":\"value\",\"type\":\"any\"}],\"returns\":\"any\"}\n")
   (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"refuse\",\"params\":[],\"returns\":\"unit\"}\n")
+  (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"liar\",\"params\":[],\"returns\":\"i64\"}\n")
+  (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"reserved\",\"params\":[],\"returns\":\"any\"}\n")
 )

@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 pub const SEED_TASKS_WASM: &str = env!("WRUN_SEED_TASKS_WASM");
 /// The test-guests module (tests/guests), built by build.rs.
 pub const TEST_GUESTS_WASM: &str = env!("WRUN_TEST_GUESTS_WASM");
+/// The C task module (tests/guests/c/tasks.c), built by build.rs with clang.
+pub const C_GUEST_WASM: &str = env!("WRUN_C_GUEST_WASM");
+
+/// The hand-written WAT module (tests/guests/hand-written.wat), assembled.
+pub fn hand_written_wasm() -> Vec<u8> {
+    let path = workspace_root().join("tests/guests/hand-written.wat");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -61,12 +70,22 @@ pub fn wrun(args: &[&str]) -> Finished {
 
 /// [`wrun`] with extra environment variables.
 pub fn wrun_with_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    wrun_in(
+        &std::env::current_dir().expect("a working directory"),
+        args,
+        env,
+    )
+}
+
+/// [`wrun`] in the working directory `dir`, with extra environment variables.
+pub fn wrun_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Finished {
     use std::io::Read;
     use std::process::{Command, Stdio};
     let cache = std::env::temp_dir().join(format!("wrun-test-cache-{}", std::process::id()));
     // Reaped with wait4 below, which std cannot see.
     #[allow(clippy::zombie_processes)]
     let mut child = Command::new(wrun_binary())
+        .current_dir(dir)
         .args(args)
         .env("WRUN_CACHE_DIR", &cache)
         .env_remove("WRUN_LOG")

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wrun_tests::{Finished, SEED_TASKS_WASM, TEST_GUESTS_WASM, workspace_root, wrun};
+use wrun_tests::{Finished, SEED_TASKS_WASM, TEST_GUESTS_WASM, workspace_root, wrun, wrun_in};
 
 #[track_caller]
 fn expect(finished: &Finished, code: i32, stdout: &str, stderr_contains: &str) {
@@ -330,4 +330,148 @@ fn a_config_file_sets_the_flags_and_flags_win() {
         "`timeout` must be a string, number, boolean or list of strings, not array",
     );
     let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_names_the_closest_one() {
+    let path = std::env::temp_dir().join(format!("wrun-config-typo-{}.toml", std::process::id()));
+    std::fs::write(&path, "thread = 4\n").unwrap();
+    let finished = wrun(&[
+        "run",
+        SEED_TASKS_WASM,
+        "add",
+        "1",
+        "2",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    expect(
+        &finished,
+        2,
+        "",
+        "unknown setting `thread`; did you mean `threads`?",
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_result_that_is_not_of_the_declared_type_fails_the_task_in_run_and_on_a_cluster() {
+    let path = std::env::temp_dir().join(format!("wrun-liar-{}.wasm", std::process::id()));
+    std::fs::write(&path, wrun_tests::hand_written_wasm()).unwrap();
+    let module = path.to_str().unwrap();
+    for command in ["run", "submit"] {
+        expect(
+            &wrun(&[command, module, "liar"]),
+            1,
+            if command == "run" { "" } else { "null\n" },
+            "result does not match the declared type i64: expected i64, got string \"hi\"",
+        );
+        expect(
+            &wrun(&[command, module, "reserved"]),
+            1,
+            if command == "run" { "" } else { "null\n" },
+            "the reserved byte 0xc1 at offset 0 is not a value",
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Runs `wrun ARGS` with its stdout a pipe whose reader is already gone.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(wrun_tests::wrun_binary())
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let out = with_closed_stdout(&["inspect", SEED_TASKS_WASM]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // `wrun status | head -1`, the case users met.
+    let mut procs = wrun_tests::Procs::new("closed-stdout");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    wrun_tests::wait_until("the scheduler file", Duration::from_secs(30), || {
+        file.exists()
+    });
+    let out = with_closed_stdout(&["status", "--scheduler-file", &file_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn slurm_directives_that_start_with_a_dash_are_taken_as_written_in_help() {
+    let finished = wrun(&[
+        "slurm",
+        "job-script",
+        "--extra-directive",
+        "--gres=gpu:1",
+        "--skip-directive",
+        "--mem",
+        "--prologue",
+        "-x echo hi",
+        "--scheduler-file",
+        "/tmp/wrun-directives.json",
+    ]);
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
+    assert!(
+        finished.stdout.contains("#SBATCH --gres=gpu:1\n"),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        !finished.stdout.contains("#SBATCH --mem"),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        finished.stdout.contains("-x echo hi\n"),
+        "{}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn wrun_new_makes_a_task_crate_that_builds_and_runs_at_once() {
+    let dir = std::env::temp_dir().join(format!("wrun-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = wrun_in(&dir, &["new", "my-tasks"], &[]);
+    assert_eq!(made.code, Some(0), "{made:#?}");
+    let readme = std::fs::read_to_string(dir.join("my-tasks/README.md")).unwrap();
+    assert_eq!(readme.lines().count(), 3, "{readme}");
+    let built = wrun_in(&dir, &["build", "my-tasks"], &[]);
+    assert_eq!(built.code, Some(0), "{built:#?}");
+    let module = built.stdout.lines().last().unwrap().to_owned();
+    assert!(module.ends_with("my_tasks.wasm"), "{module}");
+    expect(
+        &wrun_in(&dir, &["run", &module, "add", "1", "2"], &[]),
+        0,
+        "3\n",
+        "",
+    );
+    // Bad names and existing directories are refused before anything is written.
+    expect(
+        &wrun_in(&dir, &["new", "my-tasks"], &[]),
+        2,
+        "",
+        "exists already",
+    );
+    expect(
+        &wrun_in(&dir, &["new", "9lives"], &[]),
+        2,
+        "",
+        "is not a crate name",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,34 +187,89 @@ fn the_guest_sees_clocks_and_random_but_no_environment() {
     assert_ne!(first["random"], second["random"], "random numbers repeat");
 }
 
+/// The modules written from guest-sdk/ABI.md alone, without the SDK: in
+/// WAT by hand, and in C built with clang by the page's recipe.
+fn abi_modules() -> [(&'static str, Vec<u8>); 2] {
+    [
+        ("wat", wrun_tests::hand_written_wasm()),
+        ("c", read_module(wrun_tests::C_GUEST_WASM)),
+    ]
+}
+
 #[test]
-fn a_hand_written_wat_module_follows_the_same_path() {
-    let wat =
-        std::fs::read_to_string(wrun_tests::workspace_root().join("tests/guests/hand-written.wat"))
-            .unwrap();
-    let wasm = wat::parse_str(&wat).unwrap();
+fn modules_written_from_the_abi_page_in_wat_and_c_follow_the_same_path() {
     let sandbox = sandbox();
-    let (module, _) = sandbox.load(&wasm).unwrap();
     let limits = TaskLimits::default();
-    assert_eq!(
-        ok(run(&sandbox, &module, "answer", json!([]), &limits)),
-        json!(42)
-    );
-    let value = json!({"nested": [1, "two", null, 3.5]});
-    assert_eq!(
-        ok(run(
-            &sandbox,
-            &module,
-            "echo",
-            json!([value.clone()]),
-            &limits
-        )),
-        value
-    );
-    let refused = run(&sandbox, &module, "refuse", json!([]), &limits)
+    for (language, wasm) in abi_modules() {
+        let (module, _) = sandbox.load(&wasm).unwrap();
+        assert_eq!(
+            ok(run(&sandbox, &module, "answer", json!([]), &limits)),
+            json!(42),
+            "{language}"
+        );
+        let value = json!({"nested": [1, "two", null, 3.5]});
+        assert_eq!(
+            ok(run(
+                &sandbox,
+                &module,
+                "echo",
+                json!([value.clone()]),
+                &limits
+            )),
+            value,
+            "{language}"
+        );
+        let refused = run(&sandbox, &module, "refuse", json!([]), &limits)
+            .result
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            TaskError::Failed("refused by hand".to_owned()),
+            "{language}"
+        );
+    }
+    // The C module decodes integers in every form the host sends them.
+    let (c, _) = sandbox
+        .load(&read_module(wrun_tests::C_GUEST_WASM))
+        .unwrap();
+    for (x, y) in [
+        (1, 2),
+        (-5, -300),
+        (200, 70_000),
+        (i64::MAX - 1, 1),
+        (-40_000, 1 << 40),
+    ] {
+        assert_eq!(
+            ok(run(&sandbox, &c, "add", json!([x, y]), &limits)),
+            json!(x + y),
+            "add({x}, {y})"
+        );
+    }
+}
+
+#[test]
+fn a_result_that_is_not_of_the_declared_type_is_a_task_error() {
+    let sandbox = sandbox();
+    let (module, _) = sandbox.load(&wrun_tests::hand_written_wasm()).unwrap();
+    let limits = TaskLimits::default();
+    let liar = run(&sandbox, &module, "liar", json!([]), &limits)
         .result
         .unwrap_err();
-    assert_eq!(refused, TaskError::Failed("refused by hand".to_owned()));
+    assert_eq!(liar.kind(), "bad-result");
+    assert_eq!(
+        liar.to_string(),
+        "task result does not match the declared type i64: expected i64, got string \"hi\""
+    );
+    let reserved = run(&sandbox, &module, "reserved", json!([]), &limits)
+        .result
+        .unwrap_err();
+    assert_eq!(reserved.kind(), "bad-result");
+    assert!(
+        reserved
+            .to_string()
+            .contains("the reserved byte 0xc1 at offset 0 is not a value"),
+        "{reserved}"
+    );
 }
 
 /// Every hostile guest, one after the other in one sandbox; then a normal task.

@@ -3,7 +3,7 @@
 //! A task crate is a `cdylib` built for `wasm32-wasip1` (`wrun build` does
 //! that). Mark each function the cluster may call with [`task`]:
 //!
-//! ```ignore
+//! ```
 //! use wrun_guest::task;
 //!
 //! #[task]
@@ -14,6 +14,11 @@
 //!     if xs.is_empty() { return Err("mean of an empty list".into()); }
 //!     Ok(xs.iter().sum::<f64>() / xs.len() as f64)
 //! }
+//!
+//! // A task stays an ordinary function, callable (and testable) as such.
+//! assert_eq!(inc(41), 42);
+//! assert_eq!(mean(vec![1.0, 2.0, 6.0]), Ok(3.0));
+//! assert!(mean(vec![]).is_err());
 //! ```
 //!
 //! Arguments and results are any types that implement serde's `Deserialize`

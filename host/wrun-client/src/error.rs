@@ -41,11 +41,17 @@ pub struct TaskFailure {
     pub message: String,
 }
 
-/// A failed call, as the client's error.
+/// A failed call, as the client's error, in the scheduler's own words
+/// (capnp-rpc prefixes an error raised by the other side with "remote
+/// exception: ", which tells a user nothing).
 pub(crate) fn rpc_error(error: capnp::Error) -> ClientError {
+    let message = match error.extra.strip_prefix("remote exception: ") {
+        Some(message) => message.to_owned(),
+        None => error.extra,
+    };
     match error.kind {
-        capnp::ErrorKind::Disconnected => ClientError::Disconnected(error.extra),
-        _ => ClientError::Refused(error.extra),
+        capnp::ErrorKind::Disconnected => ClientError::Disconnected(message),
+        _ => ClientError::Refused(message),
     }
 }
 

@@ -1,0 +1,169 @@
+//! The middle tier: the real scheduler, workers and client in this test
+//! process, on loopback (wrun-local's embedded cluster), so the service's
+//! behaviour is tested without spawning binaries: batches split to fit,
+//! refusals named precisely, retirement losing nothing, detached jobs
+//! moving between sessions.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wrun_client::{Client, Module};
+use wrun_local::{EmbeddedCluster, EmbeddedConfig};
+use wrun_sandbox::SandboxConfig;
+use wrun_tests::{SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module};
+use wrun_worker::Departure;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cluster(workers: u32) -> EmbeddedCluster {
+    let cache = std::env::temp_dir().join(format!("wrun-service-cache-{}", std::process::id()));
+    let cluster = EmbeddedCluster::start(EmbeddedConfig {
+        workers,
+        threads: 1,
+        sandbox: SandboxConfig {
+            cache_dir: Some(cache),
+            ..SandboxConfig::default()
+        },
+        ..EmbeddedConfig::default()
+    })
+    .expect("starting an embedded cluster");
+    cluster
+        .wait_for_workers(workers as usize, WAIT)
+        .expect("workers registered");
+    cluster
+}
+
+fn seed(client: &Client) -> Module {
+    client.upload(&read_module(SEED_TASKS_WASM)).unwrap()
+}
+
+#[test]
+fn maps_larger_than_a_message_are_split_and_come_back_whole_and_in_order() {
+    let cluster = cluster(2);
+    let client = cluster.client().unwrap();
+    let module = seed(&client);
+    // 25,000 calls: more than one message holds (10,000 per message).
+    let calls = (0..25_000i64).map(|i| vec![json!(i).into()]).collect();
+    let futures = client.map(&module, "inc", calls).unwrap();
+    let results = client.gather(&futures).unwrap();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i as i64 + 1), "inc({i})");
+    }
+    // 3,000 literals of 8 KB: more bytes than one message holds.
+    let list = json!(vec![1_000_000i64; 1000]);
+    let calls = (0..3000).map(|_| vec![list.clone().into()]).collect();
+    let sums = client.map(&module, "do_analysis", calls).unwrap();
+    for result in client.gather(&sums).unwrap() {
+        assert_eq!(result.unwrap(), json!(1_000_000_000i64));
+    }
+    let status = client.status().unwrap();
+    assert_eq!(status.tasks.failed, 0, "{status:?}");
+}
+
+#[test]
+fn the_scheduler_refuses_bad_submissions_by_name_and_keeps_serving() {
+    let cluster = cluster(1);
+    let client = cluster.client().unwrap();
+    let module = seed(&client);
+    let unknown = Module {
+        digest: wrun_abi::ModuleDigest([7; 32]),
+        tasks: module.tasks.clone(),
+    };
+    let error = client
+        .submit(&unknown, "inc", vec![json!(1).into()])
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("unknown module digest 0707070707070707070707070707070707070707070707070707070707070707; upload it first"),
+        "{error}"
+    );
+    // A client that lies about a signature is caught by the scheduler.
+    let mut lying = module.tasks.as_ref().clone();
+    lying.iter_mut().find(|t| t.name == "inc").unwrap().params[0].ty = wrun_abi::Type::String;
+    let lying = Module {
+        digest: module.digest,
+        tasks: std::sync::Arc::new(lying),
+    };
+    let error = client
+        .submit(&lying, "inc", vec![json!("one").into()])
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("argument `x` of task `inc`: expected i64, got string \"one\""),
+        "{error}"
+    );
+    let error = client.adopt("no-such-job").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "no job `no-such-job`; the scheduler has: none"
+    );
+    // Nothing of the refused submissions stayed behind; the cluster serves.
+    assert_eq!(client.status().unwrap().tasks.total, 0);
+    let x = client
+        .submit(&module, "inc", vec![json!(41).into()])
+        .unwrap();
+    assert_eq!(
+        client.gather(&[x]).unwrap()[0].as_ref().unwrap(),
+        &json!(42)
+    );
+}
+
+#[test]
+fn a_retiring_worker_hands_its_results_over_and_nothing_is_recomputed() {
+    let mut cluster = cluster(2);
+    let client = cluster.client().unwrap();
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let calls = (0..40u64)
+        .map(|i| vec![json!(i).into(), json!(1000).into()])
+        .collect();
+    let futures = client.map(&module, "slow_square", calls).unwrap();
+    client.wait(&futures).unwrap();
+    // Both workers hold results now; one of them leaves.
+    assert_eq!(cluster.retire_worker(0).unwrap(), Departure::Retired);
+    let status = client.status().unwrap();
+    assert_eq!(status.workers.len(), 1, "{status:?}");
+    let results = client.gather(&futures).unwrap();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i * i), "result {i}");
+    }
+    assert_eq!(client.status().unwrap().recomputed, 0);
+}
+
+#[test]
+fn a_detached_job_outlives_its_session_and_another_gathers_or_cancels_it() {
+    let cluster = cluster(2);
+    let job = {
+        let submitter = cluster.client().unwrap();
+        let module = seed(&submitter);
+        let calls = (0..100i64).map(|i| vec![json!(i).into()]).collect();
+        let futures = submitter.map(&module, "double", calls).unwrap();
+        submitter.detach(futures, "").unwrap()
+    };
+    assert!(job.starts_with("job-"), "{job}");
+    let other = cluster.client().unwrap();
+    let status = other.status().unwrap();
+    assert_eq!(status.jobs.len(), 1, "{status:?}");
+    assert_eq!(
+        (status.jobs[0].name.as_str(), status.jobs[0].tasks),
+        (job.as_str(), 100)
+    );
+    let futures = other.adopt(&job).unwrap();
+    let results = other.gather(&futures).unwrap();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(2 * i as i64));
+    }
+    drop(futures);
+    // A second job, cancelled from a third session: nothing stays.
+    let guests = other.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let forever = other.map(&guests, "spin_forever", vec![vec![]; 3]).unwrap();
+    let name = other.detach(forever, "forever").unwrap();
+    let third = cluster.client().unwrap();
+    let doomed = third.adopt(&name).unwrap();
+    third.cancel(doomed).unwrap();
+    wrun_tests::wait_until("the cancelled job to be gone", WAIT, || {
+        let status = third.status().unwrap();
+        status.jobs.is_empty() && status.tasks.total == 0
+    });
+}
