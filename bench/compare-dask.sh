@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Dask reference benchmarks (shared/bench/dask) and `wrun bench
+# Runs the Dask reference benchmarks (bench/dask) and `wrun bench
 # cluster` on this machine, one after the other, and prints the ratios.
 #
 #   bench/compare-dask.sh                 # 3 runs per Dask script (about 25 min on 2 cores)
@@ -10,7 +10,7 @@
 # similar load: each side records the load average before it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DASK_DIR=${DASK_BENCH_DIR:-../shared/bench/dask}
+DASK_DIR=${DASK_BENCH_DIR:-bench/dask}
 VENV=${DASK_VENV:-/tmp/dask-bench/venv}
 PY="$VENV/bin/python"
 RUNS=${RUNS:-3}

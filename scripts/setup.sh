@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # rust-toolchain.toml pins the toolchain and lists the wasm target, but with
 # RUSTUP_AUTO_INSTALL=0 (as on our machines) rustup does not add a listed
-# target by itself (STACK.md §4).
+# target by itself (docs/ARCHITECTURE.md, "Measured facts").
 rustup target add wasm32-wasip1 >/dev/null
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null

@@ -12,7 +12,7 @@ if ! sinfo -h >/dev/null 2>&1; then
   started_slurm=1
 fi
 
-# One profile for everything (wasmtime is ~10x slower in debug, STACK.md).
+# One profile for everything (wasmtime is ~10x slower in debug; docs/ARCHITECTURE.md).
 # The end-to-end tests run the real `wrun` binary, so build it first.
 cargo build --release --workspace --bins
 log=$(mktemp)

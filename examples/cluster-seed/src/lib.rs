@@ -1,4 +1,4 @@
-//! The four seed workloads of DESIGN.md on a wrun cluster, through the
+//! The four seed workloads (docs/ARCHITECTURE.md) on a wrun cluster, through the
 //! client library. `main.rs` prints them; the end-to-end tests call
 //! [`run_all`] against real clusters and check every answer.
 

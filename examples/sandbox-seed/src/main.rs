@@ -1,4 +1,4 @@
-//! Runs the four seed workloads of DESIGN.md through the sandbox on this
+//! Runs the four seed workloads (docs/ARCHITECTURE.md) through the sandbox on this
 //! machine, in one process, and prints each answer (checked) and its time.
 //!
 //! ```sh

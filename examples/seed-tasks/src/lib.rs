@@ -1,4 +1,4 @@
-//! The seed workloads of wrun (see DESIGN.md) as one task module.
+//! The seed workloads of wrun (docs/ARCHITECTURE.md, "Seed workloads") as one task module.
 //!
 //! Build with `wrun build examples/seed-tasks`; run a task with
 //! `wrun run seed_tasks.wasm add 1 2`.

@@ -1,4 +1,4 @@
-//! `wrun bench cluster`: the Dask reference workloads (shared/bench/dask)
+//! `wrun bench cluster`: the Dask reference workloads (bench/dask)
 //! on a real `wrun local` cluster of 2 workers × 1 thread, through the
 //! client library. Prints a table, then one JSON object as the last line.
 
