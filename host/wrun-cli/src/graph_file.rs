@@ -138,7 +138,30 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(Graph, Vec<u8>, Vec<TaskSigna
         ));
     }
 
-    // Topological order by depth-first search; a back edge is a cycle.
+    let order = topological_order(&nodes, path)?;
+    let order = order
+        .into_iter()
+        .map(|id| {
+            let (task, args) = nodes.remove(&id).expect("known");
+            (id, task, args)
+        })
+        .collect();
+    Ok((
+        Graph {
+            outputs: file.outputs,
+            order,
+        },
+        bytes,
+        signatures,
+    ))
+}
+
+/// The nodes in an order where references come first: a depth-first
+/// search, in which a back edge is a cycle (reported with its path).
+fn topological_order(
+    nodes: &BTreeMap<String, (String, Vec<GraphValue>)>,
+    path: &Path,
+) -> anyhow::Result<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -190,19 +213,5 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(Graph, Vec<u8>, Vec<TaskSigna
             }
         }
     }
-    let order = order
-        .into_iter()
-        .map(|id| {
-            let (task, args) = nodes.remove(&id).expect("known");
-            (id, task, args)
-        })
-        .collect();
-    Ok((
-        Graph {
-            outputs: file.outputs,
-            order,
-        },
-        bytes,
-        signatures,
-    ))
+    Ok(order)
 }

@@ -386,7 +386,6 @@ fn up(args: UpArgs) -> CommandResult {
         return Err(slurm_failure(SlurmError::Missing("sbatch")));
     }
     let file = args.job.cluster.file()?;
-    let text = script.render();
     let logs = script.log_dir.clone();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     if let Some(parent) = file.parent() {
@@ -394,66 +393,12 @@ fn up(args: UpArgs) -> CommandResult {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let mut state = ClusterState::load(&file)?.unwrap_or_default();
-    // Join a scheduler that answers; otherwise start one.
-    let running = file.exists() && connect(&file, Duration::from_secs(2)).is_ok();
-    if running {
-        outln!("wrun slurm: joining the scheduler of {}", file.display());
-    } else {
-        let _ = std::fs::remove_file(&file);
-        let host = match &args.job.interface {
-            Some(interface) => wrun_slurm::address_of_interface(interface)
-                .map_err(|e| Failure::input(anyhow!(e)))?,
-            None => wrun_slurm::default_address(),
-        };
-        let pid = spawn_detached(
-            &[
-                "scheduler".into(),
-                "--host".into(),
-                host.to_string(),
-                "--scheduler-file".into(),
-                file.to_string_lossy().into_owned(),
-            ],
-            &logs.join("scheduler.log"),
-        )?;
-        state.scheduler_pid = Some(pid);
-        state.jobs.clear();
-        state.save(&file)?;
-        connect(&file, Duration::from_secs(30)).map_err(|error| {
-            anyhow!(
-                "the scheduler did not start: {error}\n{}",
-                tail(&logs.join("scheduler.log"), 20)
-            )
-        })?;
-    }
-    state.script = text.clone();
+    start_or_join_scheduler(&args, &file, &logs, &mut state)?;
+    state.script = script.render();
     state.threads_per_job = script.threads_per_process() * script.processes;
     state.processes = script.processes;
     state.save(&file)?;
-    let mut submitted = Vec::new();
-    for _ in 0..args.workers {
-        match wrun_slurm::sbatch(&text) {
-            Ok(id) => {
-                submitted.push(id.clone());
-                state.jobs.push(id);
-                state.save(&file)?;
-            }
-            Err(error) => {
-                // Nothing half-made stays behind.
-                let _ = wrun_slurm::scancel(&submitted);
-                state.jobs.retain(|j| !submitted.contains(j));
-                if state.jobs.is_empty()
-                    && let Some(pid) = state.scheduler_pid.take()
-                {
-                    stop_process(pid, Duration::from_secs(5));
-                    let _ = std::fs::remove_file(state_path(&file));
-                    let _ = std::fs::remove_file(&file);
-                } else {
-                    state.save(&file)?;
-                }
-                return Err(slurm_failure(error));
-            }
-        }
-    }
+    let submitted = submit_workers(&mut state, &file, args.workers)?;
     outln!(
         "wrun slurm: scheduler file {}; submitted {} worker job(s): {}",
         file.display(),
@@ -463,8 +408,103 @@ fn up(args: UpArgs) -> CommandResult {
     if args.no_wait || submitted.is_empty() {
         return Ok(());
     }
+    let ready = wait_for_workers(&args, &script, &file, &submitted, &mut state)?;
+    outln!(
+        "wrun slurm: {ready} worker(s) ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Joins the scheduler behind `file` if one answers; otherwise starts one
+/// in the background (its log in `logs`) and waits for it.
+fn start_or_join_scheduler(
+    args: &UpArgs,
+    file: &Path,
+    logs: &Path,
+    state: &mut ClusterState,
+) -> Result<(), Failure> {
+    if file.exists() && connect(file, Duration::from_secs(2)).is_ok() {
+        outln!("wrun slurm: joining the scheduler of {}", file.display());
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(file);
+    let host = match &args.job.interface {
+        Some(interface) => {
+            wrun_slurm::address_of_interface(interface).map_err(|e| Failure::input(anyhow!(e)))?
+        }
+        None => wrun_slurm::default_address(),
+    };
+    let pid = spawn_detached(
+        &[
+            "scheduler".into(),
+            "--host".into(),
+            host.to_string(),
+            "--scheduler-file".into(),
+            file.to_string_lossy().into_owned(),
+        ],
+        &logs.join("scheduler.log"),
+    )?;
+    state.scheduler_pid = Some(pid);
+    state.jobs.clear();
+    state.save(file)?;
+    connect(file, Duration::from_secs(30)).map_err(|error| {
+        anyhow!(
+            "the scheduler did not start: {error}\n{}",
+            tail(&logs.join("scheduler.log"), 20)
+        )
+    })?;
+    Ok(())
+}
+
+/// Submits `count` worker jobs; if one is refused, cancels those submitted
+/// (and the scheduler `up` started, if no job is left), so nothing
+/// half-made stays behind.
+fn submit_workers(
+    state: &mut ClusterState,
+    file: &Path,
+    count: u32,
+) -> Result<Vec<String>, Failure> {
+    let mut submitted = Vec::new();
+    for _ in 0..count {
+        match wrun_slurm::sbatch(&state.script) {
+            Ok(id) => {
+                submitted.push(id.clone());
+                state.jobs.push(id);
+                state.save(file)?;
+            }
+            Err(error) => {
+                let _ = wrun_slurm::scancel(&submitted);
+                state.jobs.retain(|j| !submitted.contains(j));
+                if state.jobs.is_empty()
+                    && let Some(pid) = state.scheduler_pid.take()
+                {
+                    stop_process(pid, Duration::from_secs(5));
+                    let _ = std::fs::remove_file(state_path(file));
+                    let _ = std::fs::remove_file(file);
+                } else {
+                    state.save(file)?;
+                }
+                return Err(slurm_failure(error));
+            }
+        }
+    }
+    Ok(submitted)
+}
+
+/// Waits until every worker of the `submitted` jobs has registered;
+/// returns how many did. A job that ends first fails with its output; jobs
+/// still not started at `--start-timeout` are cancelled and reported with
+/// Slurm's reason.
+fn wait_for_workers(
+    args: &UpArgs,
+    script: &JobScript,
+    file: &Path,
+    submitted: &[String],
+    state: &mut ClusterState,
+) -> Result<usize, Failure> {
     let expected = submitted.len() * script.processes as usize;
-    let client = connect(&file, Duration::from_secs(10))
+    let client = connect(file, Duration::from_secs(10))
         .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
     let deadline = Instant::now() + args.start_timeout.0;
     loop {
@@ -477,31 +517,25 @@ fn up(args: UpArgs) -> CommandResult {
             .map(|j| by_job.get(j.as_str()).map_or(0, Vec::len))
             .sum();
         if ready >= expected {
-            outln!(
-                "wrun slurm: {ready} worker(s) ready in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
+            return Ok(ready);
         }
-        // A job that ended before its workers joined will never join.
         let waiting: Vec<String> = submitted
             .iter()
             .filter(|j| !by_job.contains_key(j.as_str()))
             .cloned()
             .collect();
         let states = wrun_slurm::job_states(&waiting).map_err(slurm_failure)?;
-        for job in &waiting {
-            if !states.contains_key(job) {
-                let output = script
-                    .log_dir
-                    .join(format!("{}-{job}.out", script.job_name));
-                return Err(anyhow!(
-                    "worker job {job} ended before its workers joined; its output ({}):\n{}",
-                    output.display(),
-                    tail(&output, 20)
-                )
-                .into());
-            }
+        // A job that ended before its workers joined will never join.
+        if let Some(job) = waiting.iter().find(|job| !states.contains_key(*job)) {
+            let output = script
+                .log_dir
+                .join(format!("{}-{job}.out", script.job_name));
+            return Err(anyhow!(
+                "worker job {job} ended before its workers joined; its output ({}):\n{}",
+                output.display(),
+                tail(&output, 20)
+            )
+            .into());
         }
         if Instant::now() >= deadline {
             let reasons: Vec<String> = waiting
@@ -513,7 +547,7 @@ fn up(args: UpArgs) -> CommandResult {
                 .collect();
             let _ = wrun_slurm::scancel(&waiting);
             state.jobs.retain(|j| !waiting.contains(j));
-            state.save(&file)?;
+            state.save(file)?;
             return Err(Failure::unreachable(anyhow!(
                 "{ready} of {expected} worker(s) ready after --start-timeout {}; cancelled the jobs not started: {}",
                 wrun_slurm::format_duration(args.start_timeout.0),

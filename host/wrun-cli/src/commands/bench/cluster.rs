@@ -336,28 +336,7 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
     drop(local);
     let _ = std::fs::remove_file(&log);
 
-    // Scheduler memory per queued task: a scheduler with no workers, 100k tasks queued.
-    let file = dir.join(format!("wrun-bench-queue-{pid}.json"));
-    let scheduler = spawn(&["scheduler"], &file, None)?;
-    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
-        .map_err(|e| anyhow!(e))?;
-    let module = client.upload(&bytes).map_err(|e| anyhow!(e))?;
-    let before = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
-    let queued = client
-        .map(
-            &module,
-            "identity",
-            (0..100_000).map(|i| vec![json!(i).into()]).collect(),
-        )
-        .map_err(|e| anyhow!(e))?;
-    wait_until("100k queued tasks", Duration::from_secs(60), || {
-        client.status().ok().map(|s| s.tasks.queued) == Some(100_000)
-    })?;
-    let after = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
-    let bytes_per_task = (after.saturating_sub(before) * 1024) as f64 / 100_000.0;
-    drop(queued);
-    drop(client);
-    drop(scheduler);
+    let bytes_per_task = bytes_per_queued_task(&bytes)?;
 
     let r = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
     outln!("wrun bench cluster  (wrun local: 2 workers x 1 thread, like the Dask scripts)");
@@ -423,4 +402,34 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
         })
     );
     Ok(())
+}
+
+/// Scheduler memory per queued task: a scheduler with no workers, 100k
+/// tasks queued, its RSS before and after.
+fn bytes_per_queued_task(bytes: &[u8]) -> anyhow::Result<f64> {
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let file = dir.join(format!("wrun-bench-queue-{pid}.json"));
+    let scheduler = spawn(&["scheduler"], &file, None)?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    let module = client.upload(bytes).map_err(|e| anyhow!(e))?;
+    let before = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
+    let queued = client
+        .map(
+            &module,
+            "identity",
+            (0..100_000).map(|i| vec![json!(i).into()]).collect(),
+        )
+        .map_err(|e| anyhow!(e))?;
+    wait_until("100k queued tasks", Duration::from_secs(60), || {
+        client.status().ok().map(|s| s.tasks.queued) == Some(100_000)
+    })?;
+    let after = proc_status_kib(scheduler.child.id(), "VmRSS:").unwrap_or(0);
+    let bytes_per_task = (after.saturating_sub(before) * 1024) as f64 / 100_000.0;
+    drop(queued);
+    drop(client);
+    drop(scheduler);
+
+    Ok(bytes_per_task)
 }

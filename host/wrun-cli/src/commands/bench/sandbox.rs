@@ -58,6 +58,26 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
+/// The sandbox's figures, as printed.
+struct Figures {
+    threads: usize,
+    compile: Duration,
+    cached_load: Duration,
+    p50: Duration,
+    p99: Duration,
+    tasks_per_s: f64,
+    native: Duration,
+    wasm: Duration,
+}
+
+fn host(e: wrun_sandbox::TaskError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn load(e: wrun_sandbox::LoadError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
 pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) -> CommandResult {
     let module_path = seed_module(module)?;
     let bytes = std::fs::read(&module_path)
@@ -65,10 +85,29 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let host = |e: wrun_sandbox::TaskError| anyhow!("{e}");
-    let load = |e: wrun_sandbox::LoadError| anyhow!("{e}");
+    let compile = compile_time(&bytes)?;
+    let (sandbox, cached_load) = cached_load_time(&bytes, threads)?;
+    let (module, _) = sandbox.load(&bytes).map_err(load)?;
+    let (p50, p99, tasks_per_s) = noop_figures(&sandbox, &module, iterations, seconds, threads);
+    let (native, wasm) = darts_times(&sandbox, &module)?;
+    report(
+        bytes.len(),
+        &Figures {
+            threads,
+            compile,
+            cached_load,
+            p50,
+            p99,
+            tasks_per_s,
+            native,
+            wasm,
+        },
+    );
+    Ok(())
+}
 
-    // Compile: no disk cache, evicted from memory before each load.
+/// Compiling with no disk cache, evicted from memory before each load: the median of 3.
+fn compile_time(bytes: &[u8]) -> Result<Duration, Failure> {
     let uncached = Sandbox::new(SandboxConfig {
         cache_dir: None,
         ..SandboxConfig::default()
@@ -77,14 +116,17 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
     let mut compile_times = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
-        let (module, source) = uncached.load(&bytes).map_err(load)?;
+        let (module, source) = uncached.load(bytes).map_err(load)?;
         compile_times.push(started.elapsed());
         assert_eq!(source, LoadSource::Compiled);
         uncached.evict(&module.digest());
     }
-    let compile = median(compile_times);
+    Ok(median(compile_times))
+}
 
-    // Cached load: from a fresh disk cache, evicted from memory each time.
+/// Loading from a fresh disk cache, evicted from memory each time: the
+/// median of 20, and the sandbox (with the module loaded) for what follows.
+fn cached_load_time(bytes: &[u8], threads: usize) -> Result<(Sandbox, Duration), Failure> {
     let cache_dir = std::env::temp_dir().join(format!("wrun-bench-cache-{}", std::process::id()));
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(cache_dir.clone()),
@@ -92,12 +134,12 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
         ..SandboxConfig::default()
     })
     .map_err(host)?;
-    let (module, _) = sandbox.load(&bytes).map_err(load)?;
+    let (module, _) = sandbox.load(bytes).map_err(load)?;
     let mut cached_times = Vec::new();
     for _ in 0..20 {
         sandbox.evict(&module.digest());
         let started = Instant::now();
-        let (_, source) = sandbox.load(&bytes).map_err(load)?;
+        let (_, source) = sandbox.load(bytes).map_err(load)?;
         cached_times.push(started.elapsed());
         if source != LoadSource::DiskCache {
             return Err(Failure::input(anyhow!(
@@ -106,15 +148,23 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
         }
     }
     let _ = std::fs::remove_dir_all(&cache_dir);
-    let cached_load = median(cached_times);
-    let (module, _) = sandbox.load(&bytes).map_err(load)?;
-    let limits = TaskLimits::default();
+    Ok((sandbox, median(cached_times)))
+}
 
-    // One no-op task = encode the (empty) arguments, fresh instance, call,
-    // decode the result. One thread, timed one by one.
+/// One no-op task = encode the (empty) arguments, fresh instance, call,
+/// decode the result: p50 and p99 timed one by one on one thread, then
+/// tasks per second with one thread per core.
+fn noop_figures(
+    sandbox: &Sandbox,
+    module: &wrun_sandbox::CompiledModule,
+    iterations: u32,
+    seconds: f64,
+    threads: usize,
+) -> (Duration, Duration, f64) {
+    let limits = TaskLimits::default();
     let noop = || {
         let args = wrun_abi::encode_value(&Value::Array(Vec::new()));
-        let run = sandbox.run(&module, "noop", &args, &limits);
+        let run = sandbox.run(module, "noop", &args, &limits);
         let result = run.result.expect("noop succeeds");
         assert_eq!(wrun_abi::decode_value(&result), Ok(Value::Nil));
     };
@@ -129,8 +179,6 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
     }
     latencies.sort();
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-
-    // Throughput: one thread per core, each running no-ops back to back.
     let done = AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -147,8 +195,14 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
         }
     });
     let tasks_per_s = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    (p50, p99, tasks_per_s)
+}
 
-    // Darts: the same kernel natively and in Wasm, best of 5.
+/// The darts kernel natively and in Wasm, best of 5 each, same answers.
+fn darts_times(
+    sandbox: &Sandbox,
+    module: &wrun_sandbox::CompiledModule,
+) -> Result<(Duration, Duration), Failure> {
     let mut native = Duration::MAX;
     let mut native_result = (0, 0);
     for _ in 0..5 {
@@ -162,7 +216,7 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
     let mut wasm = Duration::MAX;
     for _ in 0..5 {
         let started = Instant::now();
-        let run = sandbox.run(&module, "throw_darts", &darts_args, &limits);
+        let run = sandbox.run(module, "throw_darts", &darts_args, &TaskLimits::default());
         wasm = wasm.min(started.elapsed());
         let result: (u64, u64) = rmp_serde::from_slice(&run.result.map_err(host)?)
             .map_err(|e| anyhow!("darts result: {e}"))?;
@@ -172,48 +226,49 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
             )));
         }
     }
-    let ratio = wasm.as_secs_f64() / native.as_secs_f64();
+    Ok((native, wasm))
+}
 
-    outln!(
-        "wrun bench sandbox  ({} bytes module, {threads} threads)",
-        bytes.len()
-    );
+fn report(module_bytes: usize, f: &Figures) {
+    let threads = f.threads;
+    let ratio = f.wasm.as_secs_f64() / f.native.as_secs_f64();
+    outln!("wrun bench sandbox  ({module_bytes} bytes module, {threads} threads)");
     outln!("{:<44} {:>12} {:>12}", "measure", "value", "target");
     let row =
         |name: &str, value: String, target: &str| outln!("{name:<44} {value:>12} {target:>12}");
     row(
         "no-op task p50 (1 thread)",
-        format!("{:.2} µs", p50.as_secs_f64() * 1e6),
+        format!("{:.2} µs", f.p50.as_secs_f64() * 1e6),
         "≤ 10 µs",
     );
     row(
         "no-op task p99 (1 thread)",
-        format!("{:.2} µs", p99.as_secs_f64() * 1e6),
+        format!("{:.2} µs", f.p99.as_secs_f64() * 1e6),
         "",
     );
     row(
         &format!("no-op tasks/s ({threads} threads)"),
-        format!("{tasks_per_s:.0}"),
+        format!("{:.0}", f.tasks_per_s),
         "≥ 100000",
     );
     row(
         "compile seed-tasks (cranelift)",
-        format!("{:.1} ms", ms(compile)),
+        format!("{:.1} ms", ms(f.compile)),
         "",
     );
     row(
         "load seed-tasks from disk cache",
-        format!("{:.3} ms", ms(cached_load)),
+        format!("{:.3} ms", ms(f.cached_load)),
         "≤ 1 ms",
     );
     row(
         &format!("darts native ({DARTS} darts)"),
-        format!("{:.1} ms", ms(native)),
+        format!("{:.1} ms", ms(f.native)),
         "",
     );
     row(
         &format!("darts wasm ({DARTS} darts)"),
-        format!("{:.1} ms", ms(wasm)),
+        format!("{:.1} ms", ms(f.wasm)),
         "",
     );
     row("darts wasm / native", format!("{ratio:.3}"), "≤ 1.1");
@@ -221,17 +276,16 @@ pub(crate) fn sandbox(module: Option<PathBuf>, iterations: u32, seconds: f64) ->
         "{}",
         json!({
             "bench": "sandbox",
-            "module_bytes": bytes.len(),
+            "module_bytes": module_bytes,
             "threads": threads,
-            "noop_task_us_p50": round(p50.as_secs_f64() * 1e6, 2),
-            "noop_task_us_p99": round(p99.as_secs_f64() * 1e6, 2),
-            "noop_tasks_per_s": tasks_per_s.round(),
-            "compile_ms": round(ms(compile), 2),
-            "cached_load_ms": round(ms(cached_load), 3),
-            "darts_native_ms": round(ms(native), 2),
-            "darts_wasm_ms": round(ms(wasm), 2),
+            "noop_task_us_p50": round(f.p50.as_secs_f64() * 1e6, 2),
+            "noop_task_us_p99": round(f.p99.as_secs_f64() * 1e6, 2),
+            "noop_tasks_per_s": f.tasks_per_s.round(),
+            "compile_ms": round(ms(f.compile), 2),
+            "cached_load_ms": round(ms(f.cached_load), 3),
+            "darts_native_ms": round(ms(f.native), 2),
+            "darts_wasm_ms": round(ms(f.wasm), 2),
             "darts_wasm_over_native": round(ratio, 3),
         })
     );
-    Ok(())
 }
