@@ -113,6 +113,35 @@ impl CacheArgs {
     }
 }
 
+/// How a scheduler serves: the flags `wrun scheduler` and `wrun local` share.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Interface the scheduler listens on.
+    #[arg(long, env = "WRUN_HOST", default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    /// Port the scheduler listens on (0 picks a free one).
+    #[arg(long, env = "WRUN_PORT", default_value_t = 0)]
+    pub(crate) port: u16,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+}
+
+impl ServeArgs {
+    /// The scheduler's settings, writing its file at `scheduler_file`.
+    pub(crate) fn config(
+        &self,
+        scheduler_file: Option<PathBuf>,
+    ) -> wrun_scheduler::SchedulerConfig {
+        wrun_scheduler::SchedulerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            scheduler_file,
+            core: self.policy.core(),
+            ..Default::default()
+        }
+    }
+}
+
 /// The scheduling policy's tunables, for `wrun scheduler` and `wrun local`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PolicyArgs {

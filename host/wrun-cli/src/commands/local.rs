@@ -6,7 +6,7 @@ use anyhow::Context;
 use wrun_abi::units::ByteSize;
 use wrun_local::{LocalCluster, LocalConfig};
 
-use crate::args::PolicyArgs;
+use crate::args::ServeArgs;
 use crate::exit::CommandResult;
 use crate::output::outln;
 use crate::signals::wait_for_signal;
@@ -24,17 +24,11 @@ pub(crate) struct LocalCommand {
     /// Memory per worker process.
     #[arg(long, env = "WRUN_WORKER_MEMORY", default_value = "4GiB")]
     memory: ByteSize,
-    /// Interface for the scheduler.
-    #[arg(long, env = "WRUN_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port for the scheduler (0 picks a free one).
-    #[arg(long, env = "WRUN_PORT", default_value_t = 0)]
-    port: u16,
     /// Where to write the scheduler file [default: a file in the temp dir].
     #[arg(long, env = "WRUN_SCHEDULER_FILE")]
     scheduler_file: Option<PathBuf>,
     #[command(flatten)]
-    policy: PolicyArgs,
+    serve: ServeArgs,
 }
 
 impl LocalCommand {
@@ -48,12 +42,7 @@ impl LocalCommand {
                 workers: self.workers,
                 threads: self.threads,
                 memory_bytes: self.memory.0,
-                scheduler: wrun_scheduler::SchedulerConfig {
-                    host: self.host,
-                    port: self.port,
-                    core: self.policy.core(),
-                    ..Default::default()
-                },
+                scheduler: self.serve.config(None),
             },
             &wrun,
             file,
