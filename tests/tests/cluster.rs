@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use wrun_client::{Client, ClientError, Module, Target, TaskLimits, TaskOptions, WorkerStatus};
-use wrun_tests::{Procs, SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, wrun};
+use wrun_tests::{
+    Procs, SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, wrun, wrun_with_env,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -409,16 +411,17 @@ fn bad_input_gets_clear_errors_and_the_cluster_keeps_serving() {
         "{error}"
     );
     // A worker with the wrong cluster secret is refused with a clear message.
-    let out = wrun(&[
-        "worker",
-        "--scheduler",
-        &address,
-        "--secret",
-        "wrong",
-        "--no-nanny",
-        "--connect-timeout",
-        "5s",
-    ]);
+    let out = wrun_with_env(
+        &[
+            "worker",
+            "--scheduler",
+            &address,
+            "--no-nanny",
+            "--connect-timeout",
+            "5s",
+        ],
+        &[("WRUN_SECRET", "wrong")],
+    );
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(
         out.stderr.contains("the scheduler refused this worker")

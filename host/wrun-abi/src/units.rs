@@ -159,6 +159,36 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// Sizes and durations in files (TOML, JSON) are written as people write
+/// them (`"1GiB"`, `"10m"`); a bare number of bytes or seconds is taken too.
+macro_rules! serde_as_text {
+    ($type:ty, $from_number:expr) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$type, D::Error> {
+                #[derive(serde::Deserialize)]
+                #[serde(untagged)]
+                enum Text {
+                    Number(u64),
+                    Text(String),
+                }
+                match Text::deserialize(d)? {
+                    Text::Number(n) => Ok($from_number(n)),
+                    Text::Text(text) => text.parse().map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+
+serde_as_text!(ByteSize, ByteSize);
+serde_as_text!(HumanDuration, |n| HumanDuration(Duration::from_secs(n)));
+
 impl From<HumanDuration> for Duration {
     fn from(d: HumanDuration) -> Duration {
         d.0

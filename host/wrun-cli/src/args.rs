@@ -9,6 +9,7 @@ use clap::Args;
 use wrun_abi::TaskLimits;
 use wrun_abi::units::{ByteSize, HumanDuration};
 use wrun_client::{Client, ClientError, Target};
+use wrun_scheduler::{ConnectionLimits, TaskCaps};
 
 use crate::exit::Failure;
 
@@ -24,6 +25,10 @@ pub(crate) struct SchedulerArgs {
     /// How long to wait for the scheduler file and the connection.
     #[arg(long, env = "WRUN_CONNECT_TIMEOUT", default_value = "60s")]
     pub(crate) connect_timeout: HumanDuration,
+    /// The tenant's token [default: the scheduler file's]. Prefer
+    /// WRUN_TOKEN: a flag shows in `ps`.
+    #[arg(long, env = "WRUN_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 impl SchedulerArgs {
@@ -42,7 +47,8 @@ impl SchedulerArgs {
                 "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
             ))
         })?;
-        Client::connect(&target, self.connect_timeout.0).map_err(client_failure)
+        Client::connect_with_token(&target, self.token.clone(), self.connect_timeout.0)
+            .map_err(client_failure)
     }
 }
 
@@ -124,6 +130,19 @@ pub(crate) struct ServeArgs {
     pub(crate) port: u16,
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    /// The tenants file (`wrun tenant add`); reloaded on SIGHUP. Without
+    /// one, the cluster has one tenant whose token the scheduler file carries.
+    #[arg(long, env = "WRUN_TENANTS")]
+    pub(crate) tenants: Option<PathBuf>,
+    /// The most linear memory any task may ask for.
+    #[arg(long, env = "WRUN_MAX_TASK_MEMORY", default_value_t = ByteSize(TaskCaps::default().memory_bytes))]
+    pub(crate) max_task_memory: ByteSize,
+    /// The longest time limit any task may ask for.
+    #[arg(long, env = "WRUN_MAX_TASK_TIMEOUT", default_value_t = HumanDuration(TaskCaps::default().timeout))]
+    pub(crate) max_task_timeout: HumanDuration,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, env = "WRUN_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub(crate) max_connections: usize,
 }
 
 impl ServeArgs {
@@ -137,6 +156,15 @@ impl ServeArgs {
             port: self.port,
             scheduler_file,
             core: self.policy.core(),
+            tenants_file: self.tenants.clone(),
+            caps: TaskCaps {
+                memory_bytes: self.max_task_memory.0,
+                timeout: self.max_task_timeout.0,
+            },
+            connections: ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                ..ConnectionLimits::default()
+            },
             ..Default::default()
         }
     }

@@ -33,6 +33,7 @@ use crate::commands::shutdown::ShutdownCommand;
 use crate::commands::slurm::SlurmCommand;
 use crate::commands::status::StatusCommand;
 use crate::commands::submit::SubmitCommand;
+use crate::commands::tenant::TenantCommand;
 use crate::commands::worker::WorkerCommand;
 
 /// wrun: WebAssembly-sandboxed task execution.
@@ -77,6 +78,9 @@ enum Command {
     Shutdown(ShutdownCommand),
     /// Show the cluster's workers and tasks.
     Status(StatusCommand),
+    /// The tenants of a shared cluster: add, list, remove, rotate.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Workers as Slurm batch jobs (dask-jobqueue's SLURMCluster):
     /// up, job-script, scale, adapt, down.
     #[command(subcommand)]
@@ -104,6 +108,7 @@ impl Command {
             Command::Cancel(c) => c.execute(),
             Command::Shutdown(c) => c.execute(),
             Command::Status(c) => c.execute(),
+            Command::Tenant(c) => c.execute(),
             Command::Slurm(c) => c.execute(),
             Command::Mpi(c) => c.execute(),
             Command::Bench(c) => c.execute(),

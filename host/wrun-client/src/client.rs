@@ -38,9 +38,20 @@ impl Drop for Client {
 
 impl Client {
     /// Connects (waiting for the scheduler file and retrying the connection
-    /// until `timeout`) and opens a session.
+    /// until `timeout`) and opens a session with the scheduler file's token
+    /// (a cluster without tenants) or its cluster secret (the operator).
     pub fn connect(target: &Target, timeout: Duration) -> Result<Client, ClientError> {
-        let connection = connection::start(target, timeout)?;
+        Client::connect_with_token(target, None, timeout)
+    }
+
+    /// [`Client::connect`] with a tenant's token (needed for a
+    /// [`Target::Address`]; it takes precedence over a scheduler file's).
+    pub fn connect_with_token(
+        target: &Target,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let connection = connection::start(target, token, timeout)?;
         Ok(Client {
             inner: connection.inner,
             options: TaskOptions::default(),

@@ -89,7 +89,11 @@ pub(crate) struct Connection {
 }
 
 /// Starts the connection thread; returns once the session is open.
-pub(crate) fn start(target: &Target, timeout: Duration) -> Result<Connection, ClientError> {
+pub(crate) fn start(
+    target: &Target,
+    token: Option<String>,
+    timeout: Duration,
+) -> Result<Connection, ClientError> {
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let inner = Arc::new(Inner {
         commands: commands_tx,
@@ -114,6 +118,7 @@ pub(crate) fn start(target: &Target, timeout: Duration) -> Result<Connection, Cl
                 &runtime,
                 run(
                     target,
+                    token,
                     timeout,
                     thread_inner,
                     commands_rx,
@@ -180,14 +185,23 @@ impl task_listener::Server for Listener {
 /// ends the connection cleanly.
 async fn open(
     target: &Target,
+    token: Option<String>,
     timeout: Duration,
     inner: &Arc<Inner>,
 ) -> Result<(client_session::Client, capnp_rpc::Disconnector<Side>), ClientError> {
-    let address = match target {
-        Target::File(path) => SchedulerFile::wait_for(path, timeout).await?.address,
-        Target::Address(address) => address.clone(),
+    // The token: the one given, else the scheduler file's (a cluster
+    // without tenants), else its cluster secret (the operator's).
+    let (address, token) = match target {
+        Target::File(path) => {
+            let file = SchedulerFile::wait_for(path, timeout).await?;
+            let token = token.or(file.token).unwrap_or(file.secret);
+            (file.address, Some(token))
+        }
+        Target::Address(address) => (address.clone(), token),
     };
     let stream = wrun_proto::connect_with_retry(&address, timeout).await?;
+    // Unreachable says more than a missing token, so it is said first.
+    let token = token.ok_or(ClientError::NoToken)?;
     let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
     let cluster: cluster::Client = rpc.bootstrap(Side::Server);
     let disconnector = rpc.get_disconnector();
@@ -201,7 +215,7 @@ async fn open(
         rpc_inner.changed.notify_all();
     });
     let mut request = cluster.connect_client_request();
-    request.get().set_token("");
+    request.get().set_token(&token);
     request.get().set_listener(capnp_rpc::new_client(Listener {
         inner: inner.clone(),
     }));
@@ -215,13 +229,14 @@ async fn open(
 
 async fn run(
     target: Target,
+    token: Option<String>,
     timeout: Duration,
     inner: Arc<Inner>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: std_mpsc::Sender<Result<(), ClientError>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let (session, disconnector) = match open(&target, timeout, &inner).await {
+    let (session, disconnector) = match open(&target, token, timeout, &inner).await {
         Ok(pair) => pair,
         Err(error) => {
             let _ = ready.send(Err(error));

@@ -26,6 +26,11 @@ pub enum ClientError {
     /// The scheduler refused a request; its message says why.
     #[error("{0}")]
     Refused(String),
+    /// No token to open a session with.
+    #[error(
+        "no token: pass --token (or set WRUN_TOKEN), or use a scheduler file (the cluster's own, or one with a token)"
+    )]
+    NoToken,
     /// The connection is gone.
     #[error("disconnected from the scheduler: {0}")]
     Disconnected(String),

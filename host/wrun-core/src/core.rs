@@ -6,13 +6,15 @@
 //! and recomputing results), `retirement.rs` (workers leaving gracefully)
 //! and `sanity.rs` (the invariants every test checks).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ready::ReadyQueues;
 use crate::task::{State, Task};
+use crate::tenants::TenantLoad;
 use crate::worker::Worker;
-use crate::{Failure, TaskId, TaskSpec, WorkerId};
+use crate::{Failure, TaskId, TaskSpec, TenantId, WorkerId};
 
 /// Tasks by state, from [`Core::state_counts`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,7 +63,12 @@ pub struct Core<P> {
     pub(crate) config: CoreConfig,
     pub(crate) tasks: HashMap<TaskId, Task<P>>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
-    pub(crate) ready: VecDeque<TaskId>,
+    pub(crate) ready: ReadyQueues,
+    /// Workers that take tasks (not retiring), ordered by load: the least
+    /// loaded first.
+    pub(crate) by_load: BTreeSet<(u64, WorkerId)>,
+    /// Each tenant's share and usage.
+    pub(crate) tenants: BTreeMap<TenantId, TenantLoad>,
     /// Results being copied off retiring workers: task -> (from, to).
     pub(crate) handoffs: BTreeMap<TaskId, (WorkerId, WorkerId)>,
     /// Results that were lost with a worker and had to be computed again.
@@ -75,7 +82,9 @@ impl<P> Core<P> {
             config,
             tasks: HashMap::new(),
             workers: BTreeMap::new(),
-            ready: VecDeque::new(),
+            ready: ReadyQueues::default(),
+            by_load: BTreeSet::new(),
+            tenants: BTreeMap::new(),
             handoffs: BTreeMap::new(),
             recomputed: 0,
         }
@@ -104,8 +113,14 @@ impl<P> Core<P> {
     /// How many tasks are in each state (one pass over the tasks; for
     /// status displays, not for hot paths).
     pub fn state_counts(&self) -> StateCounts {
+        self.state_counts_of(None)
+    }
+
+    /// [`Core::state_counts`] of one tenant's tasks (all, for `None`).
+    pub fn state_counts_of(&self, tenant: Option<TenantId>) -> StateCounts {
         let mut counts = StateCounts::default();
-        for t in self.tasks.values() {
+        let mine = |t: &Task<P>| tenant.is_none_or(|tenant| t.spec.tenant == tenant);
+        for t in self.tasks.values().filter(|t| mine(t)) {
             match t.state {
                 State::Waiting => counts.waiting += 1,
                 State::Ready => counts.queued += 1,
@@ -114,8 +129,29 @@ impl<P> Core<P> {
                 State::Failed(_) => counts.failed += 1,
             }
         }
-        counts.running = self.workers.values().map(|w| w.running.len()).sum();
+        counts.running = self
+            .workers
+            .values()
+            .flat_map(|w| w.running.iter())
+            .filter(|task| self.tasks.get(task).is_some_and(&mine))
+            .count();
         counts
+    }
+
+    /// A worker's assigned and running tasks of one tenant (all, for `None`).
+    pub fn worker_load_of(&self, worker: WorkerId, tenant: Option<TenantId>) -> (usize, usize) {
+        let Some(w) = self.workers.get(&worker) else {
+            return (0, 0);
+        };
+        let Some(tenant) = tenant else {
+            return (w.assigned.len(), w.running.len());
+        };
+        let of = |set: &std::collections::BTreeSet<TaskId>| {
+            set.iter()
+                .filter(|t| self.tasks.get(t).is_some_and(|t| t.spec.tenant == tenant))
+                .count()
+        };
+        (of(&w.assigned), of(&w.running))
     }
 
     /// The workers, with their slots, assigned and running task counts.

@@ -122,6 +122,7 @@ impl<P> Core<P> {
                 retiring: false,
             },
         );
+        self.by_load.insert((0, worker));
         // Retiring workers with nowhere to put their results have a peer now.
         self.hand_off_all(comm);
         self.schedule(comm);
@@ -169,28 +170,31 @@ impl<P> Core<P> {
         size: u64,
         comm: &mut impl Comm<P>,
     ) {
-        let Some(w) = self.workers.get_mut(&worker) else {
+        if !self.workers.contains_key(&worker) {
             return;
-        };
+        }
         if !self
             .tasks
             .get(&task)
             .is_some_and(|t| t.state == State::Assigned(worker))
         {
             // Stale: cancelled, failed meanwhile, or reassigned. Drop the copy.
-            w.assigned.remove(&task);
-            w.running.remove(&task);
+            self.unassign(worker, task);
             comm.free(worker, task);
             return;
         }
-        w.assigned.remove(&task);
-        w.running.remove(&task);
-        w.holds.insert(task);
+        self.unassign(worker, task);
+        self.workers
+            .get_mut(&worker)
+            .expect("checked")
+            .holds
+            .insert(task);
         let t = self.tasks.get_mut(&task).expect("checked");
         t.holders = thin_vec::thin_vec![worker];
         t.size = size;
         t.stealing = false;
-        let client = t.spec.client;
+        let (client, tenant) = (t.spec.client, t.spec.tenant);
+        self.tenant_mut(tenant).stored_bytes += size;
         comm.done(client, task, worker, size);
         self.set_state(task, State::Done, comm);
         let dependents = self.tasks[&task].dependents.clone();
@@ -214,11 +218,10 @@ impl<P> Core<P> {
         failure: Failure,
         comm: &mut impl Comm<P>,
     ) {
-        let Some(w) = self.workers.get_mut(&worker) else {
+        if !self.workers.contains_key(&worker) {
             return;
-        };
-        w.assigned.remove(&task);
-        w.running.remove(&task);
+        }
+        self.unassign(worker, task);
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -229,7 +232,8 @@ impl<P> Core<P> {
         if t.errors < t.spec.retries {
             t.errors += 1;
             t.state = State::Ready;
-            self.ready.push_front(task);
+            let tenant = t.spec.tenant;
+            self.ready.push_front(tenant, task);
         } else {
             self.fail(task, failure, comm);
         }
@@ -254,23 +258,33 @@ impl<P> Core<P> {
         t.stealing = false;
         if given_back {
             t.state = State::Ready;
-            self.ready.push_front(task);
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.assigned.remove(&task);
-                w.running.remove(&task);
-            }
+            let tenant = t.spec.tenant;
+            self.unassign(worker, task);
+            self.ready.push_front(tenant, task);
             self.schedule(comm);
         }
     }
 
     /// A worker is gone (connection lost, heartbeats missed, or retired).
     pub fn remove_worker(&mut self, worker: WorkerId, comm: &mut impl Comm<P>) {
-        let Some(w) = self.workers.remove(&worker) else {
+        let Some(w) = self.workers.get(&worker) else {
             return;
         };
+        // Off the worker's books first, so the tenants' counts stay right.
+        let assigned: Vec<TaskId> = w.assigned.iter().copied().collect();
+        let running = w.running.clone();
+        for task in &assigned {
+            self.unassign(worker, *task);
+        }
+        let w = self.workers.remove(&worker).expect("checked");
+        self.by_load.remove(&(w.load_key(), worker));
         for task in w.holds {
             if let Some(t) = self.tasks.get_mut(&task) {
                 t.holders.retain(|h| *h != worker);
+                if t.holders.is_empty() && t.state == State::Done {
+                    let (tenant, size) = (t.spec.tenant, t.size);
+                    self.tenant_mut(tenant).stored_bytes -= size;
+                }
             }
         }
         // Copies from or to it will not complete.
@@ -282,7 +296,7 @@ impl<P> Core<P> {
         } else {
             self.config.max_deaths
         };
-        for task in w.assigned {
+        for task in assigned {
             let Some(t) = self.tasks.get_mut(&task) else {
                 continue;
             };
@@ -290,7 +304,7 @@ impl<P> Core<P> {
                 continue;
             }
             t.stealing = false;
-            if w.running.contains(&task) && max_deaths != u32::MAX {
+            if running.contains(&task) && max_deaths != u32::MAX {
                 t.deaths += 1;
                 if t.deaths >= max_deaths {
                     let deaths = t.deaths;
@@ -300,7 +314,8 @@ impl<P> Core<P> {
             }
             let t = self.tasks.get_mut(&task).expect("present");
             t.state = State::Ready;
-            self.ready.push_front(task);
+            let tenant = t.spec.tenant;
+            self.ready.push_front(tenant, task);
         }
         // Retiring workers may now be the only holders of results the
         // removed worker also had, and copies to it must go elsewhere.
@@ -343,18 +358,24 @@ impl<P> Core<P> {
         self.ready.retain(|r| !closure.contains(r));
         for task in &closure {
             let t = &self.tasks[task];
+            let (tenant, size, active) = (t.spec.tenant, t.size, t.state.is_active());
             if let State::Assigned(worker) = t.state {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.assigned.remove(task);
-                    w.running.remove(task);
-                }
+                self.unassign(worker, *task);
                 comm.cancel(worker, *task);
             }
-            for holder in t.holders.clone() {
+            let t = &self.tasks[task];
+            let holders = t.holders.clone();
+            if !holders.is_empty() && t.state == State::Done {
+                self.tenant_mut(tenant).stored_bytes -= size;
+            }
+            for holder in holders {
                 if let Some(w) = self.workers.get_mut(&holder) {
                     w.holds.remove(task);
                 }
                 comm.free(holder, *task);
+            }
+            if active {
+                self.tenant_mut(tenant).active -= 1;
             }
         }
         for task in &closure {

@@ -12,14 +12,22 @@
 //!
 //! Scheduling policy:
 //! - A task is *ready* when every dependency has a result on some worker.
-//! - Ready tasks wait in one queue in the scheduler. A worker is given tasks
-//!   while it has fewer than `slots × queue_per_slot` assigned, so work is
-//!   pushed ahead only as far as it helps hide round trips.
+//! - Ready tasks wait in the scheduler, one queue per tenant. Whose task
+//!   goes next is weighted fair queueing on slots: among tenants with
+//!   queued work and below their slot quota, the one with the fewest tasks
+//!   on workers for its weight.
+//! - A worker is given tasks while it has fewer than
+//!   `slots × queue_per_slot` assigned, so work is pushed ahead only as far
+//!   as it helps hide round trips.
 //! - Among workers with room, a task goes to the one holding the most bytes
-//!   of its inputs, then the one with the shortest queue.
+//!   of its inputs, then the one with the shortest queue for its slots.
+//!   Only the holders of its inputs are examined, and the least loaded
+//!   worker is the first of a load-ordered set, so placing a task costs
+//!   O(inputs × holders + log workers), not O(workers).
 //! - A worker with room and nothing left in the scheduler's queue steals:
-//!   the core asks the most loaded worker to give back tasks it has queued
-//!   but not started.
+//!   the core asks a loaded worker (the one with most to give among the
+//!   most loaded few) to give back tasks it has queued but not started.
+//!   At most 16 thieves per turn.
 //! - A lost worker's queued tasks return to the queue; its running tasks
 //!   count a death, and a task that was running at `max_deaths` worker deaths
 //!   fails as suspicious. Results only it held are recomputed from their
@@ -41,12 +49,15 @@ mod core;
 mod events;
 mod lineage;
 mod placement;
+mod ready;
 mod retirement;
 mod sanity;
 mod task;
+mod tenants;
 mod worker;
 
 pub use crate::core::{Core, CoreConfig, StateCounts};
+pub use crate::tenants::{TenantShare, TenantUsage};
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,6 +73,10 @@ pub struct WorkerId(pub u64);
 /// A client session; its tasks are its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
+
+/// A tenant: who a task belongs to, for fair sharing and quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub u32);
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -84,7 +99,7 @@ pub enum Arg {
     Result(TaskId),
 }
 
-/// What to run. The core reads only `id`, `client`, `args` (for
+/// What to run. The core reads only `id`, `client`, `tenant`, `args` (for
 /// dependencies) and `retries`; the rest travels to the worker untouched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec<P> {
@@ -92,6 +107,8 @@ pub struct TaskSpec<P> {
     pub id: TaskId,
     /// The client that submitted it.
     pub client: ClientId,
+    /// The tenant it belongs to.
+    pub tenant: TenantId,
     /// Its arguments, in order.
     pub args: Box<[Arg]>,
     /// How many times to run it again after a task error.

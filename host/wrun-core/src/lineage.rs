@@ -23,8 +23,10 @@ impl<P> Core<P> {
     }
 
     pub(crate) fn make_ready(&mut self, task: TaskId) {
-        self.tasks.get_mut(&task).expect("known").state = State::Ready;
-        self.ready.push_back(task);
+        let t = self.tasks.get_mut(&task).expect("known");
+        t.state = State::Ready;
+        let tenant = t.spec.tenant;
+        self.ready.push_back(tenant, task);
     }
 
     /// Changes a task's state, keeping dependencies' `pending` counts right.
@@ -36,6 +38,13 @@ impl<P> Core<P> {
             return;
         }
         let deps = t.deps.clone();
+        let tenant = t.spec.tenant;
+        let usage = self.tenant_mut(tenant);
+        if will {
+            usage.active += 1;
+        } else {
+            usage.active -= 1;
+        }
         for dep in deps {
             let d = self.tasks.get_mut(&dep).expect("dependency known");
             if will {
@@ -59,7 +68,10 @@ impl<P> Core<P> {
         if t.state != State::Done || Self::needed(t) || t.holders.is_empty() {
             return;
         }
-        for holder in std::mem::take(&mut t.holders) {
+        let holders = std::mem::take(&mut t.holders);
+        let (tenant, size) = (t.spec.tenant, t.size);
+        self.tenant_mut(tenant).stored_bytes -= size;
+        for holder in holders {
             if let Some(w) = self.workers.get_mut(&holder) {
                 w.holds.remove(&task);
             }
@@ -95,22 +107,19 @@ impl<P> Core<P> {
         let mut work = vec![(task, origin_failure.clone())];
         while let Some((task, failure)) = work.pop() {
             let t = &self.tasks[&task];
+            let (client, tenant) = (t.spec.client, t.spec.tenant);
             match t.state {
-                State::Ready => self.ready.retain(|r| *r != task),
+                State::Ready => self.ready.remove(tenant, task),
                 State::Assigned(worker) => {
                     // Only a worker that still has it needs telling.
-                    if let Some(w) = self.workers.get_mut(&worker)
-                        && w.assigned.remove(&task)
-                    {
-                        w.running.remove(&task);
+                    if self.unassign(worker, task) {
                         comm.cancel(worker, task);
                     }
                 }
                 State::Waiting => {}
                 State::Done | State::Failed(_) => continue,
             }
-            let client = t.spec.client;
-            let dependents = t.dependents.clone();
+            let dependents = self.tasks[&task].dependents.clone();
             self.set_state(task, State::Failed(failure.clone()), comm);
             comm.failed(client, task, &failure);
             for dependent in dependents {
@@ -164,14 +173,12 @@ impl<P> Core<P> {
                 match self.tasks[&task].state {
                     State::Waiting if missing == 0 => self.make_ready(task),
                     State::Ready if missing > 0 => {
-                        self.ready.retain(|r| *r != task);
+                        let tenant = self.tasks[&task].spec.tenant;
+                        self.ready.remove(tenant, task);
                         self.tasks.get_mut(&task).expect("known").state = State::Waiting;
                     }
                     State::Assigned(worker) if missing > 0 => {
-                        if let Some(w) = self.workers.get_mut(&worker) {
-                            w.assigned.remove(&task);
-                            w.running.remove(&task);
-                        }
+                        self.unassign(worker, task);
                         comm.cancel(worker, task);
                         let t = self.tasks.get_mut(&task).expect("known");
                         t.state = State::Waiting;

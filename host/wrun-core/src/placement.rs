@@ -1,42 +1,108 @@
 //! Placement: which worker runs a ready task, and idle workers stealing
-//! queued work from loaded ones.
+//! queued work from loaded ones. The cost per task does not grow with the
+//! number of workers: workers are kept in one set ordered by load, so the
+//! least loaded is the first; for locality only the holders of a task's
+//! inputs are examined (nothing else can have local bytes); and stealing
+//! looks at a bounded number of thieves and victims per turn.
 
 use crate::task::State;
-use crate::worker::Worker;
 use crate::{Comm, Core, TaskId, WorkerId};
 
+/// Idle workers that may steal in one turn.
+const THIEVES_PER_TURN: usize = 16;
+/// The most loaded workers a thief looks at for a victim.
+const VICTIMS_LOOKED_AT: usize = 4;
+
 impl<P> Core<P> {
-    /// Assigns ready tasks to workers with room, then lets idle workers steal.
-    pub(crate) fn schedule(&mut self, comm: &mut impl Comm<P>) {
-        let per_slot = self.config.queue_per_slot.max(1) as usize;
-        let mut inputs = Vec::new();
-        while let Some(&task) = self.ready.front() {
-            let deps = &self.tasks[&task].deps;
-            let mut best: Option<(WorkerId, u64, usize)> = None;
-            for (id, w) in &self.workers {
-                let queued = w.assigned.len();
-                if w.retiring || queued >= w.slots as usize * per_slot {
+    /// Records `task` as assigned to `worker`.
+    pub(crate) fn assign_to(&mut self, worker: WorkerId, task: TaskId) {
+        let tenant = self.tasks[&task].spec.tenant;
+        let w = self.workers.get_mut(&worker).expect("a known worker");
+        let before = w.load_key();
+        w.assigned.insert(task);
+        let after = w.load_key();
+        if !w.retiring {
+            self.by_load.remove(&(before, worker));
+            self.by_load.insert((after, worker));
+        }
+        self.tenant_mut(tenant).on_workers += 1;
+    }
+
+    /// Takes `task` off `worker` (finished, failed, given back, cancelled or
+    /// reassigned); returns whether the worker had it.
+    pub(crate) fn unassign(&mut self, worker: WorkerId, task: TaskId) -> bool {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return false;
+        };
+        let before = w.load_key();
+        if !w.assigned.remove(&task) {
+            return false;
+        }
+        w.running.remove(&task);
+        let after = w.load_key();
+        if !w.retiring {
+            self.by_load.remove(&(before, worker));
+            self.by_load.insert((after, worker));
+        }
+        if let Some(t) = self.tasks.get(&task) {
+            let tenant = t.spec.tenant;
+            self.tenant_mut(tenant).on_workers -= 1;
+        }
+        true
+    }
+
+    /// The worker for a ready task: among those with room, the one holding
+    /// the most bytes of its inputs, then the one with the emptiest queue
+    /// for its slots, then the lowest id.
+    fn choose_worker(&self, task: TaskId) -> Option<WorkerId> {
+        let full_key = u64::from(self.config.queue_per_slot.max(1)) * 1000;
+        let deps = &self.tasks[&task].deps;
+        let mut best: Option<(u64, u64, WorkerId)> = None;
+        for dep in deps {
+            for holder in &self.tasks[dep].holders {
+                let w = &self.workers[holder];
+                let key = w.load_key();
+                if w.retiring || key >= full_key {
                     continue;
                 }
-                let local_bytes: u64 = deps
+                let bytes: u64 = deps
                     .iter()
-                    .filter(|d| self.tasks[*d].holders.contains(id))
+                    .filter(|d| self.tasks[*d].holders.contains(holder))
                     .map(|d| self.tasks[d].size)
                     .sum();
-                // Prefer more local bytes, then the emptier queue relative to slots.
                 let better = match best {
                     None => true,
-                    Some((_, bytes, q)) => {
-                        local_bytes > bytes
-                            || (local_bytes == bytes && queued * 1000 / (w.slots as usize) < q)
+                    Some((b, k, id)) => {
+                        (bytes, std::cmp::Reverse(key), std::cmp::Reverse(*holder))
+                            > (b, std::cmp::Reverse(k), std::cmp::Reverse(id))
                     }
                 };
                 if better {
-                    best = Some((*id, local_bytes, queued * 1000 / w.slots as usize));
+                    best = Some((bytes, key, *holder));
                 }
             }
-            let Some((worker, _, _)) = best else { break };
-            self.ready.pop_front();
+        }
+        match best {
+            Some((bytes, _, worker)) if bytes > 0 => Some(worker),
+            // No input bytes anywhere with room: the least loaded worker.
+            _ => self
+                .by_load
+                .first()
+                .filter(|(key, _)| *key < full_key)
+                .map(|(_, worker)| *worker),
+        }
+    }
+
+    /// Assigns ready tasks to workers with room, tenant by tenant in
+    /// weighted turns, then lets idle workers steal.
+    pub(crate) fn schedule(&mut self, comm: &mut impl Comm<P>) {
+        let mut inputs = Vec::new();
+        while let Some(tenant) = self.next_tenant() {
+            let task = self.ready.front(tenant).expect("a tenant with queued work");
+            let Some(worker) = self.choose_worker(task) else {
+                break;
+            };
+            self.ready.pop_front(tenant);
             inputs.clear();
             for dep in &self.tasks[&task].deps {
                 let holders = &self.tasks[dep].holders;
@@ -47,13 +113,8 @@ impl<P> Core<P> {
                 };
                 inputs.push((*dep, from));
             }
-            let t = self.tasks.get_mut(&task).expect("known");
-            t.state = State::Assigned(worker);
-            self.workers
-                .get_mut(&worker)
-                .expect("chosen")
-                .assigned
-                .insert(task);
+            self.tasks.get_mut(&task).expect("known").state = State::Assigned(worker);
+            self.assign_to(worker, task);
             comm.assign(worker, &self.tasks[&task].spec, &inputs);
         }
         if self.ready.is_empty() {
@@ -61,31 +122,29 @@ impl<P> Core<P> {
         }
     }
 
-    /// An idle worker (fewer tasks than slots) takes half the surplus of the
-    /// most loaded worker's not-yet-started queue.
+    /// An idle worker (fewer tasks than slots) takes half the surplus of a
+    /// loaded worker's not-yet-started queue: the idle workers are the
+    /// least loaded, the victim the one with most to give among the most
+    /// loaded.
     pub(crate) fn steal(&mut self, comm: &mut impl Comm<P>) {
-        let idle: Vec<(WorkerId, usize)> = self
-            .workers
+        let thieves: Vec<(WorkerId, usize)> = self
+            .by_load
             .iter()
-            .filter(|(_, w)| !w.retiring && w.assigned.len() < w.slots as usize)
-            .map(|(id, w)| (*id, w.assigned.len()))
+            .take_while(|(key, _)| *key < 1000)
+            .take(THIEVES_PER_TURN)
+            .map(|(_, id)| (*id, self.workers[id].assigned.len()))
             .collect();
-        for (thief, thief_load) in idle {
-            let stealable = |w: &Worker| -> Vec<TaskId> {
-                w.assigned
-                    .iter()
-                    .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
-                    .copied()
-                    .collect()
-            };
+        for (thief, thief_load) in thieves {
             let victim = self
-                .workers
+                .by_load
                 .iter()
-                .filter(|(id, _)| **id != thief)
-                .map(|(id, w)| (*id, stealable(w), w.slots as usize))
-                .filter(|(_, queued, slots)| queued.len() > *slots)
-                .max_by_key(|(id, queued, _)| (queued.len(), std::cmp::Reverse(*id)));
-            let Some((victim, queued, _)) = victim else {
+                .rev()
+                .filter(|(_, id)| *id != thief)
+                .take(VICTIMS_LOOKED_AT)
+                .map(|(_, id)| (*id, self.stealable(*id)))
+                .filter(|(id, queued)| queued.len() > self.workers[id].slots as usize)
+                .max_by_key(|(id, queued)| (queued.len(), std::cmp::Reverse(*id)));
+            let Some((victim, queued)) = victim else {
                 continue;
             };
             let count = (queued.len().saturating_sub(thief_load)) / 2;
@@ -99,5 +158,16 @@ impl<P> Core<P> {
             }
             comm.steal(victim, &taken);
         }
+    }
+
+    /// A worker's tasks that are queued there, not started, and not being
+    /// taken back already.
+    pub(crate) fn stealable(&self, worker: WorkerId) -> Vec<TaskId> {
+        let w = &self.workers[&worker];
+        w.assigned
+            .iter()
+            .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
+            .copied()
+            .collect()
     }
 }

@@ -25,6 +25,9 @@ impl<P> Core<P> {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
+        if !w.retiring {
+            self.by_load.remove(&(w.load_key(), worker));
+        }
         w.retiring = true;
         let queued: Vec<TaskId> = w
             .assigned
@@ -116,6 +119,11 @@ impl<P> Core<P> {
                 .get(&task)
                 .is_some_and(|t| t.state == State::Done && Self::needed(t));
         if keep {
+            let t = self.tasks.get_mut(&task).expect("checked");
+            if t.holders.is_empty() {
+                let (tenant, size) = (t.spec.tenant, t.size);
+                self.tenant_mut(tenant).stored_bytes += size;
+            }
             let t = self.tasks.get_mut(&task).expect("checked");
             if !t.holders.contains(&worker) {
                 t.holders.push(worker);

@@ -1,23 +1,29 @@
 //! The invariants of the core, checked after every step of every test.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::Core;
 use crate::task::State;
+use crate::{Core, TenantId, TenantUsage};
 
 impl<P> Core<P> {
     /// Checks every invariant; panics with the first violation. Tests call
     /// it after each event.
     pub fn sanity_check(&self) {
         let mut in_queue = BTreeSet::new();
-        for task in &self.ready {
-            assert!(in_queue.insert(*task), "{task} queued twice");
+        for (tenant, task) in self.ready.iter() {
+            assert!(in_queue.insert(task), "{task} queued twice");
             assert_eq!(
-                self.tasks[task].state,
+                self.tasks[&task].state,
                 State::Ready,
                 "{task} queued but not ready"
             );
+            assert_eq!(
+                self.tasks[&task].spec.tenant, tenant,
+                "{task} in another tenant's queue"
+            );
         }
+        assert_eq!(self.ready.len(), in_queue.len(), "the ready count");
+        self.check_indexes();
         for (id, t) in &self.tasks {
             for dep in &t.deps {
                 let d = self
@@ -103,6 +109,40 @@ impl<P> Core<P> {
             assert!(
                 w.assigned.len() <= w.slots as usize * self.config.queue_per_slot.max(1) as usize
             );
+        }
+    }
+}
+
+impl<P> Core<P> {
+    /// The load index holds exactly the staying workers with their keys,
+    /// and each tenant's counters match its tasks.
+    fn check_indexes(&self) {
+        let expected: BTreeSet<_> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring)
+            .map(|(id, w)| (w.load_key(), *id))
+            .collect();
+        assert_eq!(self.by_load, expected, "the load index");
+        let mut usage: BTreeMap<TenantId, TenantUsage> = BTreeMap::new();
+        for t in self.tasks.values() {
+            let u = usage.entry(t.spec.tenant).or_default();
+            if t.state.is_active() {
+                u.active += 1;
+            }
+            if matches!(t.state, State::Assigned(_)) {
+                u.on_workers += 1;
+            }
+            if t.state == State::Done && !t.holders.is_empty() {
+                u.stored_bytes += t.size;
+            }
+        }
+        for (tenant, load) in &self.tenants {
+            let expected = usage.remove(tenant).unwrap_or_default();
+            assert_eq!(load.usage, expected, "{tenant:?}'s usage");
+        }
+        for (tenant, expected) in usage {
+            assert_eq!(expected, TenantUsage::default(), "{tenant:?} uncounted");
         }
     }
 }

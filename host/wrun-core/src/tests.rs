@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use crate::{
-    Arg, ClientId, Comm, Core, CoreConfig, Failure, SubmitError, TaskId, TaskSpec, WorkerId,
+    Arg, ClientId, Comm, Core, CoreConfig, Failure, SubmitError, TaskId, TaskSpec, TenantId,
+    TenantShare, TenantUsage, WorkerId,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +53,16 @@ impl Comm<()> for TestComm {
 }
 
 fn spec(id: u64, deps: &[u64]) -> TaskSpec<()> {
+    tenant_spec(id, deps, TenantId::default())
+}
+
+fn tenant_spec(id: u64, deps: &[u64], tenant: TenantId) -> TaskSpec<()> {
     let mut args = vec![Arg::Value(Box::new([0x01]))];
     args.extend(deps.iter().map(|d| Arg::Result(TaskId(*d))));
     TaskSpec {
         id: TaskId(id),
         client: ClientId(1),
+        tenant,
         args: args.into(),
         retries: 0,
         payload: (),
@@ -566,7 +572,15 @@ proptest! {
             done: BTreeMap::new(),
             failed: BTreeMap::new(),
         };
-        let batch: Vec<_> = graph.iter().enumerate().map(|(i, deps)| spec(i as u64, deps)).collect();
+        // Three tenants: equal, weighted 3, and one with a slot quota of 1.
+        let env = &mut world.env;
+        env.core.set_tenant(TenantId(1), TenantShare { weight: 3, max_slots: None }, &mut env.comm);
+        env.core.set_tenant(TenantId(2), TenantShare { weight: 1, max_slots: Some(1) }, &mut env.comm);
+        let batch: Vec<_> = graph
+            .iter()
+            .enumerate()
+            .map(|(i, deps)| tenant_spec(i as u64, deps, TenantId((i % 3) as u32)))
+            .collect();
         world.env.submit(batch);
         world.absorb();
         for step in &steps {
@@ -752,4 +766,121 @@ fn a_retiring_worker_does_not_count_deaths_and_a_lost_copy_is_asked_again() {
     env.core.replicated(other, t(0), true, &mut env.comm);
     assert!(env.core.retirement_complete(w(1)));
     assert_eq!(env.core.recomputed(), 0);
+}
+
+fn assigned_per_tenant(said: &[Said], split: u64) -> (usize, usize) {
+    let count = |low: bool| {
+        said.iter()
+            .filter(|s| matches!(s, Said::Assign(_, task, _) if (task.0 < split) == low))
+            .count()
+    };
+    (count(true), count(false))
+}
+
+#[test]
+fn slots_are_shared_by_weight_between_tenants_with_queued_work() {
+    // One worker of 4 slots, one task per slot: 4 tasks on workers at a time.
+    let mut env = Env::new(1);
+    let (light, heavy) = (TenantId(1), TenantId(2));
+    env.core.set_tenant(
+        heavy,
+        TenantShare {
+            weight: 3,
+            max_slots: None,
+        },
+        &mut env.comm,
+    );
+    let batch: Vec<_> = (0..20)
+        .map(|i| tenant_spec(i, &[], if i < 10 { light } else { heavy }))
+        .collect();
+    env.submit(batch);
+    env.worker(1, 4);
+    let said = env.said();
+    assert_eq!(assigned_per_tenant(&said, 10), (1, 3), "{said:?}");
+    // A heavy task ends: the freed slot goes back to the heavy tenant (1:3
+    // again), and a light one's slot to the light tenant.
+    let heavy_task = said
+        .iter()
+        .find_map(|s| match s {
+            Said::Assign(_, task, _) if task.0 >= 10 => Some(task.0),
+            _ => None,
+        })
+        .unwrap();
+    env.finish(1, heavy_task, 1);
+    let said = env.said();
+    assert_eq!(assigned_per_tenant(&said, 10), (0, 1), "{said:?}");
+    env.finish(1, 0, 1);
+    let said = env.said();
+    assert_eq!(assigned_per_tenant(&said, 10), (1, 0), "{said:?}");
+    assert_eq!(env.core.tenant_usage(light).on_workers, 1);
+    assert_eq!(env.core.tenant_usage(heavy).on_workers, 3);
+}
+
+#[test]
+fn a_tenant_at_its_slot_quota_waits_and_the_others_use_the_slots() {
+    let mut env = Env::new(1);
+    let (capped, free) = (TenantId(1), TenantId(2));
+    env.core.set_tenant(
+        capped,
+        TenantShare {
+            weight: 1,
+            max_slots: Some(1),
+        },
+        &mut env.comm,
+    );
+    let batch: Vec<_> = (0..8)
+        .map(|i| tenant_spec(i, &[], if i < 4 { capped } else { free }))
+        .collect();
+    env.submit(batch);
+    env.worker(1, 4);
+    let said = env.said();
+    assert_eq!(assigned_per_tenant(&said, 4), (1, 3), "{said:?}");
+    // The capped tenant's task ends: its next one takes the slot.
+    env.finish(1, 0, 1);
+    let said = env.said();
+    assert_eq!(assigned_per_tenant(&said, 4), (1, 0), "{said:?}");
+}
+
+#[test]
+fn a_tenant_s_usage_counts_its_active_tasks_and_stored_bytes() {
+    let mut env = Env::new(4);
+    let tenant = TenantId(5);
+    env.submit(vec![
+        tenant_spec(1, &[], tenant),
+        tenant_spec(2, &[1], tenant),
+    ]);
+    assert_eq!(
+        env.core.tenant_usage(tenant),
+        TenantUsage {
+            active: 2,
+            on_workers: 0,
+            stored_bytes: 0
+        }
+    );
+    env.worker(1, 1);
+    env.said();
+    env.finish(1, 1, 100);
+    env.said();
+    assert_eq!(
+        env.core.tenant_usage(tenant),
+        TenantUsage {
+            active: 1,
+            on_workers: 1,
+            stored_bytes: 100
+        }
+    );
+    env.finish(1, 2, 7);
+    env.core.release(t(1), &mut env.comm);
+    env.said();
+    assert_eq!(
+        env.core.tenant_usage(tenant),
+        TenantUsage {
+            active: 0,
+            on_workers: 0,
+            stored_bytes: 7
+        }
+    );
+    env.core.release(t(2), &mut env.comm);
+    env.said();
+    assert_eq!(env.core.tenant_usage(tenant), TenantUsage::default());
 }

@@ -14,3 +14,11 @@ pub(crate) struct Worker {
     /// Leaving gracefully: takes no new tasks; its results go to peers.
     pub(crate) retiring: bool,
 }
+
+impl Worker {
+    /// Tasks assigned per slot, in thousandths: the order of the core's
+    /// load index (and "has room" is a key below `queue_per_slot × 1000`).
+    pub(crate) fn load_key(&self) -> u64 {
+        self.assigned.len() as u64 * 1000 / u64::from(self.slots.max(1))
+    }
+}

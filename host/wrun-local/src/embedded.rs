@@ -85,9 +85,16 @@ impl EmbeddedCluster {
         Target::Address(self.address().to_owned())
     }
 
-    /// A new client session.
+    /// The token of the cluster's one tenant (its scheduler has no tenants file).
+    pub fn token(&self) -> Option<&str> {
+        self.handle().token.as_deref()
+    }
+
+    /// A new client session, as the cluster's one tenant (or, with a
+    /// tenants file, as the operator).
     pub fn client(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.target(), Duration::from_secs(10))
+        let token = self.token().unwrap_or(self.secret()).to_owned();
+        Client::connect_with_token(&self.target(), Some(token), Duration::from_secs(10))
     }
 
     /// Starts one more worker; returns its index.

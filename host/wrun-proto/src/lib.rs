@@ -37,7 +37,7 @@ pub use capnp_rpc;
 pub use chunks::{chunk_at, fetch_chunked};
 pub use connect::{ConnectError, connect_with_retry, reader_options, rpc_system};
 pub use ids::TaskKey;
-pub use scheduler_file::{SchedulerFile, new_secret};
+pub use scheduler_file::{SchedulerFile, new_secret, write_private_file};
 pub use wrun_abi::TaskLimits;
 pub use wrun_core::{TaskId, WorkerId};
 

@@ -19,27 +19,18 @@ pub struct SchedulerFile {
     pub protocol: u32,
     /// The scheduler's process id.
     pub pid: u32,
+    /// The token of the cluster's one tenant, when it has no tenants file
+    /// (whoever can read this file may use the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl SchedulerFile {
-    /// Writes the file atomically (a temporary file, then a rename), readable by the owner only.
+    /// Writes the file atomically, readable by the owner only
+    /// ([`write_private_file`]).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp)?;
-            file.write_all(
-                serde_json::to_string_pretty(self)
-                    .expect("serializable")
-                    .as_bytes(),
-            )?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        write_private_file(path, text.as_bytes())
     }
 
     /// Waits for a readable scheduler file, polling with a bounded back-off.
@@ -81,4 +72,69 @@ pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// Writes a file that holds secrets: into a temporary file beside it with a
+/// random name, created new (`O_EXCL`, so a file planted under that name is
+/// never reused) with mode 0600 before anything is written, synced, then
+/// renamed over `path`.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut attempts = 0;
+    let (tmp, mut file) = loop {
+        attempts += 1;
+        let suffix = &new_secret()[..16];
+        let tmp = path.with_file_name(format!(".{name}.{suffix}.tmp"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(file) => break (tmp, file),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                continue;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_private_file_is_0600_even_over_a_planted_world_readable_one() {
+        let dir = std::env::temp_dir().join(format!("wrun-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scheduler.json");
+        // A file planted where the old code put its temporary file.
+        std::fs::write(
+            path.with_extension(format!("tmp.{}", std::process::id())),
+            b"",
+        )
+        .unwrap();
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_private_file(&path, b"secret").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

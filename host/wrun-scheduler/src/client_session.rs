@@ -3,6 +3,8 @@
 //! `submit.rs`, `modules.rs`, `jobs.rs`, `fetch.rs`, `status.rs`), and
 //! sends what the core decided.
 
+use std::time::Instant;
+
 use capnp::capability::Rc as CapRc;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -12,10 +14,11 @@ use wrun_proto::{TaskKey, failed};
 
 use crate::encode::flush;
 use crate::fetch::{self, Slot};
-use crate::modules::digest_from;
+use crate::modules::{UploadChunk, UploadQuota, digest_from};
 use crate::state::{Deferred, Shared, failure_kind};
 use crate::status::cluster_status;
 use crate::submit;
+use crate::tenants::{OPERATOR, tenant_record};
 
 pub(crate) struct ClientSessionImpl {
     pub(crate) shared: Shared,
@@ -34,7 +37,7 @@ fn keys_of(list: capnp::primitive_list::Reader<'_, u64>) -> Vec<TaskKey> {
 }
 
 fn closed() -> capnp::Error {
-    failed("this session is closed")
+    failed("this session is closed (its tenant was removed, or its token rotated)")
 }
 
 impl client_session::Server for ClientSessionImpl {
@@ -44,7 +47,9 @@ impl client_session::Server for ClientSessionImpl {
         mut results: client_session::HasModuleResults,
     ) -> Result<(), capnp::Error> {
         let digest = digest_from(params.get()?.get_digest()?).map_err(failed)?;
-        let known = self.shared.borrow().modules.get(&digest).is_some();
+        let state = self.shared.borrow();
+        let tenant = state.session(self.client)?.tenant;
+        let known = state.modules.get_for(tenant, &digest).is_some();
         results.get().set_known(known);
         Ok(())
     }
@@ -56,18 +61,32 @@ impl client_session::Server for ClientSessionImpl {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let digest = digest_from(params.get_digest()?).map_err(failed)?;
-        let complete = self
-            .shared
-            .borrow_mut()
+        let mut state = self.shared.borrow_mut();
+        let state = &mut *state;
+        let tenant = state.session(self.client)?.tenant;
+        let record = tenant_record(&state.tenants, tenant);
+        let quota = UploadQuota {
+            tenant,
+            name: record.map_or(OPERATOR, |t| t.name.as_str()),
+            max_bytes: record.and_then(|t| t.quotas.max_module_bytes).map(|b| b.0),
+        };
+        let complete = state
             .modules
             .upload_chunk(
                 self.client,
-                digest,
-                params.get_offset(),
-                params.get_total(),
-                params.get_data()?,
+                &quota,
+                UploadChunk {
+                    digest,
+                    offset: params.get_offset(),
+                    total: params.get_total(),
+                    data: params.get_data()?,
+                },
+                Instant::now(),
             )
             .map_err(failed)?;
+        if complete && params.get_offset() + params.get_data()?.len() as u64 >= params.get_total() {
+            info!(target: "wrun::audit", tenant = quota.name, %digest, bytes = params.get_total(), "module uploaded");
+        }
         results.get().set_complete(complete);
         Ok(())
     }
@@ -83,14 +102,32 @@ impl client_session::Server for ClientSessionImpl {
             let mut state = self.shared.borrow_mut();
             let state = &mut *state;
             let conn = state.clients.get(&self.client).ok_or_else(closed)?;
+            let tenant = conn.tenant;
+            let record = tenant_record(&state.tenants, tenant);
+            let submitter = submit::Submitter {
+                client: self.client,
+                tenant,
+                record,
+                usage: state.core.tenant_usage(tenant),
+                caps: state.caps,
+            };
             let accepted = submit::validate(
                 &requests,
-                self.client,
+                &submitter,
                 &conn.keys,
                 &state.modules,
                 &mut state.next_id,
             )
             .map_err(failed)?;
+            let digests: std::collections::BTreeSet<_> =
+                requests.iter().map(|r| hex::encode(r.module)).collect();
+            info!(
+                target: "wrun::audit",
+                tenant = record.map_or(OPERATOR, |t| t.name.as_str()),
+                tasks = requests.len(),
+                modules = %digests.into_iter().collect::<Vec<_>>().join(","),
+                "tasks submitted"
+            );
             state
                 .core
                 .submit(accepted.specs, &mut state.outbox)
@@ -150,6 +187,7 @@ impl client_session::Server for ClientSessionImpl {
         {
             let mut state = self.shared.borrow_mut();
             let state = &mut *state;
+            state.session(self.client)?;
             for key in keys {
                 let Some(task) = state
                     .clients
@@ -171,7 +209,9 @@ impl client_session::Server for ClientSessionImpl {
         _: client_session::StatusParams,
         mut results: client_session::StatusResults,
     ) -> Result<(), capnp::Error> {
-        let status = cluster_status(&self.shared.borrow(), self.client);
+        let state = self.shared.borrow();
+        state.session(self.client)?;
+        let status = cluster_status(&state, self.client);
         status.write(results.get().init_status());
         Ok(())
     }
@@ -205,11 +245,12 @@ impl client_session::Server for ClientSessionImpl {
         let mut state = self.shared.borrow_mut();
         let state = &mut *state;
         let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
+        let tenant = conn.tenant;
         let name = state
             .jobs
-            .detach(&mut conn.keys, &keys, name, &mut state.next_id)
+            .detach(tenant, &mut conn.keys, &keys, name, &mut state.next_id)
             .map_err(failed)?;
-        info!(job = %name, tasks = keys.len(), "job detached");
+        info!(target: "wrun::audit", tenant = tenant.0, job = %name, tasks = keys.len(), "job detached");
         results.get().set_job(&name);
         Ok(())
     }
@@ -223,7 +264,11 @@ impl client_session::Server for ClientSessionImpl {
         let mut state = self.shared.borrow_mut();
         let state = &mut *state;
         let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
-        let job = state.jobs.adopt(&mut conn.keys, &name).map_err(failed)?;
+        let tenant = conn.tenant;
+        let job = state
+            .jobs
+            .adopt(tenant, &mut conn.keys, &name)
+            .map_err(failed)?;
         let mut keys = results.get().init_keys(job.len() as u32);
         for (i, (key, _)) in job.iter().enumerate() {
             keys.set(i as u32, key.0);
@@ -248,7 +293,7 @@ impl client_session::Server for ClientSessionImpl {
         for (_, task) in &job {
             state.core.set_client(*task, self.client);
         }
-        info!(job = %name, tasks = job.len(), "job adopted");
+        info!(target: "wrun::audit", tenant = tenant.0, job = %name, tasks = job.len(), "job adopted");
         Ok(())
     }
 

@@ -6,21 +6,36 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use capnp::capability::Rc as CapRc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use wrun_core::{ClientId, WorkerId};
 use wrun_proto::wrun_capnp::cluster;
 
 use crate::client_session::ClientSessionImpl;
 use crate::encode::{flush, spawn_call};
 use crate::state::{ClientConn, Shared, WorkerConn};
+use crate::tenants::{OPERATOR, OPERATOR_ID, same_secret};
 use crate::worker_session::WorkerSessionImpl;
 
+/// The bootstrap capability of one connection (so that what it does is
+/// logged with where it came from).
 pub(crate) struct ClusterImpl {
     pub(crate) shared: Shared,
+    pub(crate) peer: std::net::SocketAddr,
+    /// Set once the connection has a session: the handshake time-out no
+    /// longer applies.
+    pub(crate) opened: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 fn wrong_secret() -> capnp::Error {
     capnp::Error::failed("wrong cluster secret".to_owned())
+}
+
+/// The one answer to a token that opens nothing, whether no tenant has it
+/// or it is wrong: no oracle for which tenants exist.
+fn refused_token() -> capnp::Error {
+    capnp::Error::failed(
+        "the scheduler refused the token: it is not a valid token of this cluster".to_owned(),
+    )
 }
 
 impl cluster::Server for ClusterImpl {
@@ -31,10 +46,11 @@ impl cluster::Server for ClusterImpl {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let mut state = self.shared.borrow_mut();
-        if params.get_secret()?.to_str()? != state.secret {
-            warn!("a shutdown request presented a wrong cluster secret; refused");
+        if !same_secret(params.get_secret()?.as_bytes(), state.secret.as_bytes()) {
+            warn!(target: "wrun::audit", peer = %self.peer, "a shutdown request presented a wrong cluster secret; refused");
             return Err(wrong_secret());
         }
+        info!(target: "wrun::audit", peer = %self.peer, "shutdown requested with the cluster secret");
         if let Some(shutdown) = state.shutdown.take() {
             let _ = shutdown.send(params.get_exit_code());
         }
@@ -58,19 +74,37 @@ impl cluster::Server for ClusterImpl {
         params: cluster::ConnectClientParams,
         mut results: cluster::ConnectClientResults,
     ) -> Result<(), capnp::Error> {
-        let listener = params.get()?.get_listener()?;
+        let params = params.get()?;
+        let token = params.get_token()?.as_bytes();
+        let listener = params.get_listener()?;
         let mut state = self.shared.borrow_mut();
+        let (tenant, name) = if same_secret(token, state.secret.as_bytes()) {
+            (OPERATOR_ID, OPERATOR.to_owned())
+        } else {
+            match std::str::from_utf8(token)
+                .ok()
+                .and_then(|t| state.tenants.authenticate(t))
+            {
+                Some(t) => (t.id, t.name.clone()),
+                None => {
+                    warn!(target: "wrun::audit", peer = %self.peer, "a client presented a token that opens nothing; refused");
+                    return Err(refused_token());
+                }
+            }
+        };
         let client = ClientId(state.next_id());
         state.clients.insert(
             client,
             ClientConn {
+                tenant,
                 listener,
                 keys: HashMap::new(),
             },
         );
         let deferred = state.deferred.clone();
         drop(state);
-        debug!(client = client.0, "client connected");
+        self.opened.set(true);
+        info!(target: "wrun::audit", peer = %self.peer, tenant = %name, session = client.0, "client session opened");
         results
             .get()
             .set_session(capnp_rpc::new_client(ClientSessionImpl {
@@ -88,8 +122,8 @@ impl cluster::Server for ClusterImpl {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let mut state = self.shared.borrow_mut();
-        if params.get_secret()?.to_str()? != state.secret {
-            warn!("a worker presented a wrong cluster secret; refused");
+        if !same_secret(params.get_secret()?.as_bytes(), state.secret.as_bytes()) {
+            warn!(target: "wrun::audit", peer = %self.peer, "a worker presented a wrong cluster secret; refused");
             return Err(wrong_secret());
         }
         let info = params.get_info()?;
@@ -104,7 +138,8 @@ impl cluster::Server for ClusterImpl {
             slurm_job_id: info.get_slurm_job_id()?.to_str()?.to_owned(),
             end_time_ms: info.get_end_time_ms(),
         };
-        info!(%worker, name = %conn.name, threads = conn.threads, "worker joined");
+        info!(target: "wrun::audit", peer = %self.peer, %worker, name = %conn.name, threads = conn.threads, "worker joined");
+        self.opened.set(true);
         let threads = conn.threads;
         if state.shutting_down {
             spawn_call(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use wrun_core::TaskId;
+use wrun_core::{TaskId, TenantId};
 use wrun_proto::TaskKey;
 
 /// Why a job could not be detached or adopted.
@@ -18,10 +18,12 @@ pub(crate) enum JobError {
     KeyInUse { key: TaskKey, name: String },
 }
 
-/// The jobs no session owns, by name, each with its tasks in submission order.
+/// The jobs no session owns, by tenant and name, each with its tasks in
+/// submission order. Each tenant has its own names: another tenant's job
+/// is not found, and a name may be used by several tenants.
 #[derive(Default)]
 pub(crate) struct Jobs {
-    by_name: HashMap<String, Vec<(TaskKey, TaskId)>>,
+    by_name: HashMap<(TenantId, String), Vec<(TaskKey, TaskId)>>,
 }
 
 impl Jobs {
@@ -30,6 +32,7 @@ impl Jobs {
     /// Nothing moves unless every key is the session's.
     pub(crate) fn detach(
         &mut self,
+        tenant: TenantId,
         session_keys: &mut HashMap<TaskKey, TaskId>,
         keys: &[TaskKey],
         name: &str,
@@ -44,7 +47,7 @@ impl Jobs {
         } else {
             name.to_owned()
         };
-        let job = self.by_name.entry(name.clone()).or_default();
+        let job = self.by_name.entry((tenant, name.clone())).or_default();
         for key in keys {
             let task = session_keys.remove(key).expect("checked");
             job.push((*key, task));
@@ -56,11 +59,18 @@ impl Jobs {
     /// `session_keys`; returns its tasks in submission order.
     pub(crate) fn adopt(
         &mut self,
+        tenant: TenantId,
         session_keys: &mut HashMap<TaskKey, TaskId>,
         name: &str,
     ) -> Result<Vec<(TaskKey, TaskId)>, JobError> {
-        let Some(job) = self.by_name.get(name) else {
-            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        let key = (tenant, name.to_owned());
+        let Some(job) = self.by_name.get(&key) else {
+            let mut known: Vec<&str> = self
+                .by_name
+                .keys()
+                .filter(|(t, _)| *t == tenant)
+                .map(|(_, n)| n.as_str())
+                .collect();
             known.sort_unstable();
             return Err(JobError::UnknownJob {
                 name: name.to_owned(),
@@ -77,26 +87,45 @@ impl Jobs {
                 name: name.to_owned(),
             });
         }
-        let job = self.by_name.remove(name).expect("checked");
+        let job = self.by_name.remove(&key).expect("checked");
         session_keys.extend(job.iter().copied());
         Ok(job)
     }
 
-    /// Each job's name and task count, by name.
-    pub(crate) fn summary(&self) -> Vec<(String, u64)> {
+    /// Each job's name and task count, by name: one tenant's, or all.
+    pub(crate) fn summary(&self, tenant: Option<TenantId>) -> Vec<(String, u64)> {
         let mut jobs: Vec<(String, u64)> = self
             .by_name
             .iter()
-            .map(|(name, tasks)| (name.clone(), tasks.len() as u64))
+            .filter(|((t, _), _)| tenant.is_none_or(|tenant| *t == tenant))
+            .map(|((_, name), tasks)| (name.clone(), tasks.len() as u64))
             .collect();
         jobs.sort();
         jobs
+    }
+
+    /// Every job of `tenant`, taken out (the tenant was removed).
+    pub(crate) fn take_all_of(&mut self, tenant: TenantId) -> Vec<TaskId> {
+        let names: Vec<_> = self
+            .by_name
+            .keys()
+            .filter(|(t, _)| *t == tenant)
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .flat_map(|key| self.by_name.remove(&key).unwrap_or_default())
+            .map(|(_, task)| task)
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const A: TenantId = TenantId(1);
+    const B: TenantId = TenantId(2);
 
     fn keys(pairs: &[(u64, u64)]) -> HashMap<TaskKey, TaskId> {
         pairs
@@ -111,19 +140,28 @@ mod tests {
         let mut first = keys(&[(1, 10), (2, 11), (3, 12)]);
         let mut next = 41;
         let name = jobs
-            .detach(&mut first, &[TaskKey(2), TaskKey(1)], "", &mut next)
+            .detach(A, &mut first, &[TaskKey(2), TaskKey(1)], "", &mut next)
             .unwrap();
         assert_eq!(name, "job-42");
         assert_eq!(first, keys(&[(3, 12)]));
-        assert_eq!(jobs.summary(), vec![("job-42".to_owned(), 2)]);
+        assert_eq!(jobs.summary(Some(A)), vec![("job-42".to_owned(), 2)]);
+        assert_eq!(jobs.summary(None), vec![("job-42".to_owned(), 2)]);
+        // Another tenant neither sees nor adopts it.
+        assert!(jobs.summary(Some(B)).is_empty());
+        assert_eq!(
+            jobs.adopt(B, &mut HashMap::new(), "job-42")
+                .unwrap_err()
+                .to_string(),
+            "no job `job-42`; the scheduler has: none"
+        );
         let mut second = HashMap::new();
-        let tasks = jobs.adopt(&mut second, "job-42").unwrap();
+        let tasks = jobs.adopt(A, &mut second, "job-42").unwrap();
         assert_eq!(
             tasks,
             vec![(TaskKey(2), TaskId(11)), (TaskKey(1), TaskId(10))]
         );
         assert_eq!(second, keys(&[(1, 10), (2, 11)]));
-        assert!(jobs.summary().is_empty());
+        assert!(jobs.summary(None).is_empty());
     }
 
     #[test]
@@ -132,24 +170,26 @@ mod tests {
         let mut session = keys(&[(1, 10)]);
         let mut next = 0;
         assert_eq!(
-            jobs.detach(&mut session, &[TaskKey(1), TaskKey(9)], "x", &mut next),
+            jobs.detach(A, &mut session, &[TaskKey(1), TaskKey(9)], "x", &mut next),
             Err(JobError::UnknownKey(TaskKey(9)))
         );
         assert_eq!(session.len(), 1);
-        jobs.detach(&mut session, &[TaskKey(1)], "x", &mut next)
+        jobs.detach(A, &mut session, &[TaskKey(1)], "x", &mut next)
             .unwrap();
         let mut clash = keys(&[(1, 99)]);
         assert_eq!(
-            jobs.adopt(&mut clash, "x"),
+            jobs.adopt(A, &mut clash, "x"),
             Err(JobError::KeyInUse {
                 key: TaskKey(1),
                 name: "x".into()
             })
         );
         assert_eq!(
-            jobs.adopt(&mut clash, "y").unwrap_err().to_string(),
+            jobs.adopt(A, &mut clash, "y").unwrap_err().to_string(),
             "no job `y`; the scheduler has: x"
         );
-        assert_eq!(jobs.summary(), vec![("x".to_owned(), 1)]);
+        assert_eq!(jobs.summary(Some(A)), vec![("x".to_owned(), 1)]);
+        assert_eq!(jobs.take_all_of(A), vec![TaskId(10)]);
+        assert!(jobs.summary(None).is_empty());
     }
 }

@@ -23,7 +23,9 @@
 //! | `modules.rs` | module uploads and the module registry |
 //! | `jobs.rs` | detached jobs |
 //! | `fetch.rs` | results fetched from workers for clients |
-//! | `status.rs` | the typed cluster status |
+//! | `status.rs` | the typed cluster status, filtered for tenants |
+//! | `tenants.rs` | the tenants file, tokens, quotas |
+//! | `listener.rs` | accepting connections, bounded |
 //!
 //! A dropped session is a disconnect: a worker's tasks are rescheduled, a
 //! client's tasks are cancelled and their results freed.
@@ -38,11 +40,17 @@ mod cluster;
 mod encode;
 mod fetch;
 mod jobs;
+mod listener;
 mod modules;
 mod server;
 mod state;
 mod status;
 mod submit;
+mod tenants;
 mod worker_session;
 
+pub use listener::ConnectionLimits;
 pub use server::{SchedulerConfig, SchedulerHandle, run_scheduler, start_scheduler};
+pub use tenants::{
+    OPERATOR, Quotas, TaskCaps, TenantEntry, TenantsError, TenantsFile, hash_token, new_token,
+};

@@ -11,12 +11,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wrun_core::{Core, CoreConfig};
 use wrun_proto::SchedulerFile;
-use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
-use wrun_proto::wrun_capnp::cluster;
 
-use crate::cluster::ClusterImpl;
 use crate::encode::flush;
+use crate::listener::{Acceptor, ConnectionLimits};
 use crate::state::{Deferred, Shared, State};
+use crate::tenants::{TaskCaps, Tenants, TenantsFile};
 
 /// How the scheduler listens.
 #[derive(Debug, Clone)]
@@ -31,6 +30,13 @@ pub struct SchedulerConfig {
     pub secret: Option<String>,
     /// Scheduling policy.
     pub core: CoreConfig,
+    /// The tenants file; without one the cluster has one tenant whose
+    /// token the scheduler file carries.
+    pub tenants_file: Option<PathBuf>,
+    /// The most any task may ask for.
+    pub caps: TaskCaps,
+    /// Bounds on connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -41,6 +47,9 @@ impl Default for SchedulerConfig {
             scheduler_file: None,
             secret: None,
             core: CoreConfig::default(),
+            tenants_file: None,
+            caps: TaskCaps::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -51,6 +60,8 @@ pub struct SchedulerHandle {
     pub address: String,
     /// The cluster secret workers must present.
     pub secret: String,
+    /// The token of the cluster's one tenant, when it has no tenants file.
+    pub token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Option<i32>>>,
     ended: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -64,6 +75,7 @@ impl SchedulerHandle {
             secret: self.secret.clone(),
             protocol: wrun_proto::PROTOCOL_VERSION,
             pid: std::process::id(),
+            token: self.token.clone(),
         }
     }
 
@@ -115,11 +127,23 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?.to_string();
     let secret = config.secret.clone().unwrap_or_else(wrun_proto::new_secret);
+    let (tenants, token) = match &config.tenants_file {
+        Some(path) => {
+            let file = TenantsFile::load(path)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            (Tenants::from_file(&file), None)
+        }
+        None => {
+            let token = crate::tenants::new_token();
+            (Tenants::single(&token), Some(token))
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let mut handle = SchedulerHandle {
         address,
         secret: secret.clone(),
+        token,
         stop: Some(stop_tx),
         thread: None,
         ended: Some(ended_rx),
@@ -127,7 +151,14 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
     if let Some(path) = &config.scheduler_file {
         handle.scheduler_file().write(path)?;
     }
-    let core_config = config.core.clone();
+    let setup = Setup {
+        secret,
+        tenants,
+        core: config.core.clone(),
+        caps: config.caps,
+        connections: config.connections,
+        tenants_file: config.tenants_file.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("wrun-scheduler".to_owned())
         .spawn(move || {
@@ -136,7 +167,7 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
                 .build()
                 .expect("tokio runtime");
             let local = tokio::task::LocalSet::new();
-            let code = local.block_on(&runtime, serve(listener, secret, core_config, stop_rx));
+            let code = local.block_on(&runtime, serve(listener, setup, stop_rx));
             let _ = ended_tx.send(());
             code
         })?;
@@ -173,55 +204,55 @@ pub fn run_scheduler(
     Ok(handle.shutdown())
 }
 
-/// Serves the bootstrap capability on one accepted connection.
-fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    cluster: &cluster::Client,
-) {
-    debug!(%peer, "connection");
-    let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(cluster.clone().client));
-    tokio::task::spawn_local(async move {
-        if let Err(error) = rpc.await {
-            debug!(%peer, "connection ended: {error}");
-        }
-    });
-}
-
 /// How often the core's clock ticks (heartbeat time-outs are judged then).
 const TICK: Duration = Duration::from_millis(500);
 
+/// What the serving thread starts from.
+struct Setup {
+    secret: String,
+    tenants: Tenants,
+    core: CoreConfig,
+    caps: TaskCaps,
+    connections: ConnectionLimits,
+    tenants_file: Option<PathBuf>,
+}
+
 async fn serve(
     listener: std::net::TcpListener,
-    secret: String,
-    core: CoreConfig,
+    setup: Setup,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Option<i32> {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel();
     let shared: Shared = Rc::new(RefCell::new(State::new(
-        Core::new(core),
-        secret,
+        Core::new(setup.core),
+        setup.secret,
+        setup.tenants,
+        setup.caps,
         deferred_tx,
         shutdown_tx,
     )));
-    let cluster_client: cluster::Client = capnp_rpc::new_client(ClusterImpl {
-        shared: shared.clone(),
-    });
+    let mut acceptor = Acceptor::new(shared.clone(), setup.connections);
+    let mut hangups = match &setup.tenants_file {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        None => None,
+    };
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = &mut stop => break None,
             code = &mut shutdown_rx => {
                 let code = code.unwrap_or(0);
-                shut_down(&shared, &listener, &cluster_client, code).await;
+                shut_down(&shared, &listener, &acceptor, code).await;
                 break Some(code);
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(stream, peer, &cluster_client),
-                Err(error) => warn!("accept failed: {error}"),
-            },
+            () = acceptor.accept_one(&listener) => {}
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if let Some(path) = &setup.tenants_file {
+                    reload_tenants(&shared, path);
+                }
+            }
             Some(event) = deferred_rx.recv() => {
                 {
                     let mut state = shared.borrow_mut();
@@ -233,9 +264,35 @@ async fn serve(
                 }
                 flush(&shared);
             }
-            _ = tick.tick() => remove_silent_workers(&shared),
+            _ = tick.tick() => {
+                remove_silent_workers(&shared);
+                let dropped = shared.borrow_mut().modules.drop_stale_uploads(Instant::now());
+                if dropped > 0 {
+                    debug!(dropped, "unfinished uploads idle for a minute were dropped");
+                }
+            }
         }
     }
+}
+
+/// SIGHUP: reads the tenants file again. Tenants whose entry did not
+/// change keep their sessions; removed tenants and rotated tokens lose them.
+fn reload_tenants(shared: &Shared, path: &std::path::Path) {
+    let file = match TenantsFile::load(path) {
+        Ok(file) => file,
+        Err(error) => {
+            warn!("SIGHUP: keeping the tenants as they were: {error}");
+            return;
+        }
+    };
+    {
+        let mut state = shared.borrow_mut();
+        let ended = state.tenants.reload(&file);
+        state.apply_tenant_shares();
+        info!(target: "wrun::audit", tenants = file.tenants.len(), ended = ended.len(), "tenants file reloaded");
+        state.end_tenants(&ended);
+    }
+    flush(shared);
 }
 
 /// Removes workers whose heartbeats stopped (the core judges by the clock).
@@ -262,7 +319,7 @@ fn remove_silent_workers(shared: &Shared) {
 async fn shut_down(
     shared: &Shared,
     listener: &tokio::net::TcpListener,
-    cluster_client: &cluster::Client,
+    acceptor: &Acceptor,
     code: i32,
 ) {
     info!(code, "shutting down at a client's request");
@@ -282,7 +339,7 @@ async fn shut_down(
         tokio::select! {
             _ = &mut grace => break,
             accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
-                serve_connection(stream, peer, cluster_client);
+                acceptor.serve(stream, peer);
             },
         }
     }

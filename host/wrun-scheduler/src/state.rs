@@ -8,12 +8,13 @@ use std::rc::Rc;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info};
-use wrun_core::{ClientId, Comm, Core, Failure, TaskId, TaskSpec, WorkerId};
+use wrun_core::{ClientId, Comm, Core, Failure, TaskId, TaskSpec, TenantId, WorkerId};
 use wrun_proto::TaskKey;
 use wrun_proto::wrun_capnp::{task_listener, worker_control};
 
 use crate::jobs::Jobs;
 use crate::modules::{ModuleEntry, ModuleRegistry};
+use crate::tenants::{OPERATOR_ID, TaskCaps, Tenants};
 
 /// What travels with a task to the worker; the core does not read it.
 #[derive(Clone)]
@@ -42,8 +43,9 @@ pub(crate) struct WorkerConn {
     pub(crate) end_time_ms: u64,
 }
 
-/// A client session: where its events go and its tasks by key.
+/// A client session: its tenant, where its events go, its tasks by key.
 pub(crate) struct ClientConn {
+    pub(crate) tenant: TenantId,
     pub(crate) listener: task_listener::Client,
     pub(crate) keys: HashMap<TaskKey, TaskId>,
 }
@@ -132,6 +134,9 @@ pub(crate) enum Deferred {
 pub(crate) struct State {
     pub(crate) core: Core<Payload>,
     pub(crate) secret: String,
+    pub(crate) tenants: Tenants,
+    /// The most any task may ask for.
+    pub(crate) caps: TaskCaps,
     pub(crate) modules: ModuleRegistry,
     pub(crate) workers: HashMap<WorkerId, WorkerConn>,
     pub(crate) clients: HashMap<ClientId, ClientConn>,
@@ -160,12 +165,16 @@ impl State {
     pub(crate) fn new(
         core: Core<Payload>,
         secret: String,
+        tenants: Tenants,
+        caps: TaskCaps,
         deferred: mpsc::UnboundedSender<Deferred>,
         shutdown: tokio::sync::oneshot::Sender<i32>,
     ) -> State {
-        State {
+        let mut state = State {
             core,
             secret,
+            tenants,
+            caps,
             modules: ModuleRegistry::default(),
             workers: HashMap::new(),
             clients: HashMap::new(),
@@ -178,6 +187,51 @@ impl State {
             progress: Rc::new(tokio::sync::Notify::new()),
             shutdown: Some(shutdown),
             shutting_down: false,
+        };
+        state.apply_tenant_shares();
+        state
+    }
+
+    /// Tells the core each tenant's weight and slot quota.
+    pub(crate) fn apply_tenant_shares(&mut self) {
+        let shares: Vec<_> = self.tenants.all().map(|t| (t.id, t.share())).collect();
+        for (id, share) in shares {
+            self.core.set_tenant(id, share, &mut self.outbox);
+        }
+    }
+
+    /// A session's connection, if it is still open.
+    pub(crate) fn session(&self, client: ClientId) -> Result<&ClientConn, capnp::Error> {
+        self.clients.get(&client).ok_or_else(|| {
+            wrun_proto::failed(
+                "this session is closed (its tenant was removed, or its token rotated)",
+            )
+        })
+    }
+
+    /// Whether a tenant's status shows everything (the operator, or a
+    /// cluster's only tenant).
+    pub(crate) fn sees_all(&self, tenant: TenantId) -> bool {
+        tenant == OPERATOR_ID || self.tenants.get(tenant).is_some_and(|t| t.sees_all)
+    }
+
+    /// The tenants removed or rotated by a reload: their sessions end and
+    /// their work (sessions' tasks and detached jobs) is cancelled.
+    pub(crate) fn end_tenants(&mut self, ended: &[TenantId]) {
+        let clients: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| ended.contains(&c.tenant))
+            .map(|(id, _)| *id)
+            .collect();
+        for client in clients {
+            self.remove_client(client);
+        }
+        for tenant in ended {
+            if self.tenants.get(*tenant).is_none() {
+                let tasks = self.jobs.take_all_of(*tenant);
+                self.cancel(&tasks);
+            }
         }
     }
 

@@ -1,4 +1,7 @@
-//! The typed status a session asks for (`wrun status`).
+//! The typed status a session asks for (`wrun status`): all of it for the
+//! operator (and a cluster's only tenant); for a tenant, its own work and
+//! the cluster's capacity, with no trace of other tenants (no pids, peer
+//! addresses, Slurm jobs, or their tasks on the workers).
 
 use wrun_core::ClientId;
 use wrun_proto::status::{ClusterStatus, JobStatus, TaskCounts, WorkerStatus};
@@ -7,12 +10,20 @@ use crate::state::State;
 
 /// The cluster's status as the session `client` sees it.
 pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
+    let tenant = state
+        .clients
+        .get(&client)
+        .map(|c| c.tenant)
+        .unwrap_or_default();
+    let all = state.sees_all(tenant);
+    let only = (!all).then_some(tenant);
     let workers = state
         .core
         .workers()
-        .map(|(id, slots, assigned, running)| {
+        .map(|(id, slots, _, _)| {
             let conn = state.workers.get(&id);
-            WorkerStatus {
+            let (assigned, running) = state.core.worker_load_of(id, only);
+            let mut worker = WorkerStatus {
                 id: id.0,
                 name: conn.map(|c| c.name.clone()).unwrap_or_default(),
                 threads: slots,
@@ -26,14 +37,20 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
                     .map(|c| c.slurm_job_id.clone())
                     .filter(|j| !j.is_empty()),
                 end_time_ms: conn.map(|c| c.end_time_ms).filter(|t| *t > 0),
+            };
+            if !all {
+                worker.pid = 0;
+                worker.peer_address = String::new();
+                worker.slurm_job_id = None;
             }
+            worker
         })
         .collect();
-    let c = state.core.state_counts();
+    let c = state.core.state_counts_of(only);
     ClusterStatus {
         workers,
         tasks: TaskCounts {
-            total: state.core.task_count() as u64,
+            total: (c.waiting + c.queued + c.on_workers + c.done + c.failed) as u64,
             waiting: c.waiting as u64,
             queued: c.queued as u64,
             on_workers: c.on_workers as u64,
@@ -41,8 +58,12 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
             done: c.done as u64,
             failed: c.failed as u64,
         },
-        recomputed: state.core.recomputed(),
-        clients: state.clients.len() as u32,
+        recomputed: if all { state.core.recomputed() } else { 0 },
+        clients: state
+            .clients
+            .values()
+            .filter(|c| all || c.tenant == tenant)
+            .count() as u32,
         session_tasks: state
             .clients
             .get(&client)
@@ -50,7 +71,7 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
             .unwrap_or(0),
         jobs: state
             .jobs
-            .summary()
+            .summary(only)
             .into_iter()
             .map(|(name, tasks)| JobStatus { name, tasks })
             .collect(),

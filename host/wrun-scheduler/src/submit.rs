@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use wrun_abi::{EncodedMismatch, ModuleDigest, TaskLimits};
-use wrun_core::{Arg, ClientId, TaskId, TaskSpec};
+use wrun_abi::{EncodedMismatch, ModuleDigest, TaskLimits, humanize_bytes, humanize_duration};
+use wrun_core::{Arg, ClientId, TaskId, TaskSpec, TenantId, TenantUsage};
 use wrun_proto::TaskKey;
 use wrun_proto::wrun_capnp::{arg, task_submission};
 
 use crate::modules::{ModuleRegistry, digest_from};
 use crate::state::{Payload, Template};
+use crate::tenants::{TaskCaps, Tenant, caps};
 
 /// One task as a client submitted it.
 pub(crate) struct TaskRequest<'a> {
@@ -102,6 +103,123 @@ pub(crate) enum SubmitError {
         param: String,
         dependency: TaskKey,
     },
+    #[error("task {key}: {what} {asked} is over {whose} of {cap} ({name})")]
+    OverCap {
+        key: TaskKey,
+        what: &'static str,
+        asked: String,
+        whose: String,
+        cap: String,
+        name: &'static str,
+    },
+    #[error(
+        "tenant `{tenant}` has {pending} task(s) pending; {more} more would exceed its quota of {quota} (max_pending)"
+    )]
+    PendingQuota {
+        tenant: String,
+        pending: u64,
+        more: usize,
+        quota: u64,
+    },
+    #[error(
+        "tenant `{tenant}` keeps {stored} of results on workers, at its quota of {quota} (max_stored): gather or release some first"
+    )]
+    StoredQuota {
+        tenant: String,
+        stored: String,
+        quota: String,
+    },
+}
+
+/// Who submits: the session's tenant (its record, `None` for the
+/// operator), what it uses now, and the cluster's caps on a task.
+pub(crate) struct Submitter<'a> {
+    pub(crate) client: ClientId,
+    pub(crate) tenant: TenantId,
+    pub(crate) record: Option<&'a Tenant>,
+    pub(crate) usage: TenantUsage,
+    pub(crate) caps: TaskCaps,
+}
+
+impl Submitter<'_> {
+    /// Quotas on the whole submission, checked before anything else.
+    fn check_quotas(&self, count: usize) -> Result<(), SubmitError> {
+        let Some(tenant) = self.record else {
+            return Ok(());
+        };
+        if let Some(quota) = tenant.quotas.max_pending
+            && self.usage.active + count as u64 > quota
+        {
+            return Err(SubmitError::PendingQuota {
+                tenant: tenant.name.clone(),
+                pending: self.usage.active,
+                more: count,
+                quota,
+            });
+        }
+        if let Some(quota) = tenant.quotas.max_stored
+            && self.usage.stored_bytes >= quota.0
+        {
+            return Err(SubmitError::StoredQuota {
+                tenant: tenant.name.clone(),
+                stored: humanize_bytes(self.usage.stored_bytes),
+                quota: humanize_bytes(quota.0),
+            });
+        }
+        Ok(())
+    }
+
+    /// A task's limits against the tenant's quotas and the cluster's maxima.
+    fn check_limits(&self, key: TaskKey, limits: &TaskLimits) -> Result<(), SubmitError> {
+        let (cap, whose) = match self.record {
+            Some(tenant) => (
+                caps(&tenant.quotas, &self.caps),
+                format!("tenant `{}`'s quota", tenant.name),
+            ),
+            None => (self.caps, "the cluster's maximum".to_owned()),
+        };
+        let tenant_memory = self.record.and_then(|t| t.quotas.max_memory).map(|m| m.0);
+        if limits.memory_bytes > cap.memory_bytes {
+            let by_tenant = tenant_memory.is_some_and(|m| m == cap.memory_bytes);
+            return Err(SubmitError::OverCap {
+                key,
+                what: "memory limit",
+                asked: humanize_bytes(limits.memory_bytes),
+                whose: if by_tenant {
+                    whose
+                } else {
+                    "the cluster's maximum".into()
+                },
+                cap: humanize_bytes(cap.memory_bytes),
+                name: if by_tenant {
+                    "max_memory"
+                } else {
+                    "--max-task-memory"
+                },
+            });
+        }
+        let tenant_timeout = self.record.and_then(|t| t.quotas.max_timeout).map(|t| t.0);
+        if limits.timeout > cap.timeout {
+            let by_tenant = tenant_timeout.is_some_and(|t| t == cap.timeout);
+            return Err(SubmitError::OverCap {
+                key,
+                what: "time limit",
+                asked: humanize_duration(limits.timeout),
+                whose: if by_tenant {
+                    whose
+                } else {
+                    "the cluster's maximum".into()
+                },
+                cap: humanize_duration(cap.timeout),
+                name: if by_tenant {
+                    "max_timeout"
+                } else {
+                    "--max-task-timeout"
+                },
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A checked submission: the core's specs, and the keys they answer to.
@@ -114,11 +232,12 @@ pub(crate) struct Accepted {
 /// Tasks that share module, name and limits share one [`Template`].
 pub(crate) fn validate(
     requests: &[TaskRequest<'_>],
-    client: ClientId,
+    submitter: &Submitter<'_>,
     session_keys: &HashMap<TaskKey, TaskId>,
     modules: &ModuleRegistry,
     next_id: &mut u64,
 ) -> Result<Accepted, SubmitError> {
+    submitter.check_quotas(requests.len())?;
     let mut new_keys: HashMap<TaskKey, TaskId> = HashMap::with_capacity(requests.len());
     let mut specs = Vec::with_capacity(requests.len());
     let mut keys = Vec::with_capacity(requests.len());
@@ -131,7 +250,8 @@ pub(crate) fn validate(
         let template = match templates.get(&(request.module, request.task, request.limits)) {
             Some(template) => template.clone(),
             None => {
-                let template = Rc::new(template_for(request, modules)?);
+                submitter.check_limits(request.key, &request.limits)?;
+                let template = Rc::new(template_for(request, submitter.tenant, modules)?);
                 templates.insert(
                     (request.module, request.task, request.limits),
                     template.clone(),
@@ -193,7 +313,8 @@ pub(crate) fn validate(
         keys.push((key, id));
         specs.push(TaskSpec {
             id,
-            client,
+            client: submitter.client,
+            tenant: submitter.tenant,
             args: args.into(),
             retries: request.retries,
             payload: Payload { template, key },
@@ -205,6 +326,7 @@ pub(crate) fn validate(
 /// The module and task a request names, checked.
 fn template_for(
     request: &TaskRequest<'_>,
+    tenant: TenantId,
     modules: &ModuleRegistry,
 ) -> Result<Template, SubmitError> {
     let key = request.key;
@@ -213,7 +335,7 @@ fn template_for(
         reason: e.to_string(),
     })?;
     let module = modules
-        .get(&digest)
+        .get_for(tenant, &digest)
         .ok_or(SubmitError::UnknownModule { key, digest })?
         .clone();
     if !module.signatures.iter().any(|s| s.name == request.task) {
@@ -245,11 +367,39 @@ mod tests {
         .unwrap();
         let digest = ModuleDigest::of(&bytes);
         let mut registry = ModuleRegistry::default();
+        let quota = crate::modules::UploadQuota {
+            tenant: TENANT,
+            name: "t",
+            max_bytes: None,
+        };
+        let now = std::time::Instant::now();
         assert_eq!(
-            registry.upload_chunk(ClientId(1), digest, 0, bytes.len() as u64, &bytes),
+            registry.upload_chunk(
+                ClientId(1),
+                &quota,
+                crate::modules::UploadChunk {
+                    digest,
+                    offset: 0,
+                    total: bytes.len() as u64,
+                    data: &bytes,
+                },
+                now
+            ),
             Ok(true)
         );
         (registry, digest)
+    }
+
+    const TENANT: TenantId = TenantId(3);
+
+    fn operator(client: u64) -> Submitter<'static> {
+        Submitter {
+            client: ClientId(client),
+            tenant: TENANT,
+            record: None,
+            usage: TenantUsage::default(),
+            caps: TaskCaps::default(),
+        }
     }
 
     fn add<'a>(key: u64, digest: &'a ModuleDigest, args: Vec<ArgRequest<'a>>) -> TaskRequest<'a> {
@@ -282,8 +432,14 @@ mod tests {
             ),
         ];
         let mut next = 0;
-        let accepted =
-            validate(&requests, ClientId(7), &HashMap::new(), &modules, &mut next).unwrap();
+        let accepted = validate(
+            &requests,
+            &operator(7),
+            &HashMap::new(),
+            &modules,
+            &mut next,
+        )
+        .unwrap();
         assert_eq!(
             accepted.keys,
             vec![(TaskKey(1), TaskId(1)), (TaskKey(2), TaskId(2))]
@@ -304,7 +460,7 @@ mod tests {
         session.insert(TaskKey(5), TaskId(50));
         let check = |requests: Vec<TaskRequest<'_>>| {
             let mut next = 100;
-            validate(&requests, ClientId(1), &session, &modules, &mut next)
+            validate(&requests, &operator(1), &session, &modules, &mut next)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default()
@@ -361,5 +517,101 @@ mod tests {
             check(vec![short]),
             "task 1: a module digest is 32 bytes, not 3"
         );
+    }
+
+    #[test]
+    fn quotas_and_caps_are_named_when_a_submission_would_pass_them() {
+        let (modules, digest) = registry();
+        let tenant = Tenant {
+            id: TENANT,
+            name: "alice".into(),
+            token_hash: [0; 32],
+            weight: 1,
+            quotas: crate::tenants::Quotas {
+                max_pending: Some(2),
+                max_stored: Some(wrun_abi::units::ByteSize(1000)),
+                max_memory: Some(wrun_abi::units::ByteSize(512 << 20)),
+                max_timeout: Some(wrun_abi::units::HumanDuration(
+                    std::time::Duration::from_secs(100),
+                )),
+                ..Default::default()
+            },
+            sees_all: false,
+        };
+        let check = |usage: TenantUsage, requests: Vec<TaskRequest<'_>>| {
+            let submitter = Submitter {
+                record: Some(&tenant),
+                usage,
+                ..operator(1)
+            };
+            validate(&requests, &submitter, &HashMap::new(), &modules, &mut 0)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let two = || vec![ArgRequest::Value(ONE), ArgRequest::Value(ONE)];
+        assert_eq!(
+            check(TenantUsage::default(), vec![add(1, &digest, two())]),
+            ""
+        );
+        assert_eq!(
+            check(
+                TenantUsage {
+                    active: 2,
+                    ..Default::default()
+                },
+                vec![add(1, &digest, two())]
+            ),
+            "tenant `alice` has 2 task(s) pending; 1 more would exceed its quota of 2 (max_pending)"
+        );
+        assert_eq!(
+            check(
+                TenantUsage {
+                    stored_bytes: 1000,
+                    ..Default::default()
+                },
+                vec![add(1, &digest, two())]
+            ),
+            "tenant `alice` keeps 1000 B of results on workers, at its quota of 1000 B (max_stored): gather or release some first"
+        );
+        let mut greedy = add(1, &digest, two());
+        greedy.limits.memory_bytes = 1 << 30;
+        assert_eq!(
+            check(TenantUsage::default(), vec![greedy]),
+            "task 1: memory limit 1 GiB is over tenant `alice`'s quota of 512 MiB (max_memory)"
+        );
+        let mut slow = add(1, &digest, two());
+        slow.limits.timeout = std::time::Duration::from_secs(200);
+        assert_eq!(
+            check(TenantUsage::default(), vec![slow]),
+            "task 1: time limit 200 s is over tenant `alice`'s quota of 100 s (max_timeout)"
+        );
+        // The cluster's own maximum holds for the operator too.
+        let mut huge = add(1, &digest, two());
+        huge.limits.memory_bytes = 8 << 30;
+        let error = validate(&[huge], &operator(1), &HashMap::new(), &modules, &mut 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            error,
+            "task 1: memory limit 8 GiB is over the cluster's maximum of 4 GiB (--max-task-memory)"
+        );
+        // Another tenant's module is not found.
+        let other = Submitter {
+            tenant: TenantId(9),
+            ..operator(1)
+        };
+        let error = validate(
+            &[add(1, &digest, two())],
+            &other,
+            &HashMap::new(),
+            &modules,
+            &mut 0,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(error.contains("unknown module digest"), "{error}");
     }
 }

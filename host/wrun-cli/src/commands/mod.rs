@@ -14,4 +14,5 @@ pub(crate) mod shutdown;
 pub(crate) mod slurm;
 pub(crate) mod status;
 pub(crate) mod submit;
+pub(crate) mod tenant;
 pub(crate) mod worker;

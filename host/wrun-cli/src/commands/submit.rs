@@ -106,17 +106,19 @@ impl SubmitCommand {
 
     /// Connects to the named scheduler, or starts an embedded cluster.
     fn connect_or_embed(&self) -> Result<(Option<EmbeddedCluster>, Client), Failure> {
-        let (embedded, target) = match self.scheduler.target() {
-            Some(target) => (None, target),
+        let (embedded, target, token) = match self.scheduler.target() {
+            Some(target) => (None, target, self.scheduler.token.clone()),
             None => {
                 let cluster = EmbeddedCluster::start(EmbeddedConfig::default())
                     .context("starting an embedded cluster")?;
                 let target = cluster.target();
-                (Some(cluster), target)
+                let token = cluster.token().map(str::to_owned);
+                (Some(cluster), target, token)
             }
         };
         let mut client =
-            Client::connect(&target, self.scheduler.connect_timeout.0).map_err(client_failure)?;
+            Client::connect_with_token(&target, token, self.scheduler.connect_timeout.0)
+                .map_err(client_failure)?;
         client.set_options(TaskOptions {
             limits: self.limits.limits(),
             retries: self.retries,

@@ -19,8 +19,9 @@ use crate::signals::{exit_with_parent, stop_flag};
 pub(crate) struct WorkerCommand {
     #[command(flatten)]
     scheduler: SchedulerArgs,
-    /// The cluster secret, when --scheduler is used instead of a scheduler file.
-    #[arg(long, env = "WRUN_SECRET", hide_env_values = true)]
+    /// Not taken: the cluster secret would show in `ps`. With --scheduler,
+    /// set WRUN_SECRET instead (or use --scheduler-file).
+    #[arg(long, hide = true)]
     secret: Option<String>,
     /// Task threads.
     #[arg(long, env = "WRUN_THREADS", default_value_t = 1)]
@@ -60,10 +61,16 @@ pub(crate) struct WorkerCommand {
 
 impl WorkerCommand {
     fn config(&self) -> Result<WorkerConfig, Failure> {
+        if self.secret.is_some() {
+            return Err(Failure::input(anyhow!(
+                "--secret is not taken: a secret on the command line shows in `ps`; set WRUN_SECRET instead, or use --scheduler-file"
+            )));
+        }
+        let secret = std::env::var("WRUN_SECRET").ok().filter(|s| !s.is_empty());
         let scheduler = match (
             &self.scheduler.scheduler_file,
             &self.scheduler.scheduler,
-            &self.secret,
+            &secret,
         ) {
             (Some(file), _, _) => SchedulerTarget::File(file.clone()),
             (None, Some(address), Some(secret)) => SchedulerTarget::Address {
@@ -72,7 +79,7 @@ impl WorkerCommand {
             },
             (None, Some(_), None) => {
                 return Err(Failure::input(anyhow!(
-                    "--scheduler needs --secret (or WRUN_SECRET)"
+                    "--scheduler needs the cluster secret in WRUN_SECRET"
                 )));
             }
             (None, None, _) => {
