@@ -475,3 +475,22 @@ fn wrun_new_makes_a_task_crate_that_builds_and_runs_at_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_guest_sleeping_in_the_host_is_stopped_by_its_timeout_in_run_and_on_a_cluster() {
+    for command in ["run", "submit"] {
+        let started = Instant::now();
+        let finished = wrun(&[command, TEST_GUESTS_WASM, "nap", "20", "--timeout", "1s"]);
+        assert_eq!(finished.code, Some(1), "{finished:#?}");
+        assert!(
+            finished.stderr.contains("exceeded its time limit of 1 s"),
+            "{finished:#?}"
+        );
+        // The limit plus a second, and start-up and compiling.
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{command}: {:?}",
+            started.elapsed()
+        );
+    }
+}

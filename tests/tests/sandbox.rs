@@ -662,3 +662,56 @@ fn a_running_task_stops_within_a_tick_of_its_cancel_flag() {
     let run = sandbox.run_cancellable(&seed, "add", &add, &short, &quiet);
     assert_eq!(ok(run), json!(3));
 }
+
+#[test]
+fn a_guest_sleeping_in_the_host_is_stopped_at_its_time_limit_and_by_cancel() {
+    let sandbox = sandbox();
+    let (guests, _) = sandbox.load(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let limits = TaskLimits {
+        timeout: Duration::from_millis(300),
+        ..TaskLimits::default()
+    };
+    let started = Instant::now();
+    let run = run(&sandbox, &guests, "nap", json!([20]), &limits);
+    assert!(
+        matches!(run.result, Err(TaskError::TimeLimit { .. })),
+        "{:?}",
+        run.result
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A short nap within the limit still sleeps and returns.
+    let started = Instant::now();
+    assert_eq!(
+        ok(super_run(&sandbox, &guests, "nap", json!([0]))),
+        json!(0)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Cancelled while it sleeps: stopped within a few ticks.
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let long = TaskLimits {
+        timeout: Duration::from_secs(600),
+        ..TaskLimits::default()
+    };
+    let args = encode_args_from_json(guests.task("nap").unwrap(), &[json!(600)]).unwrap();
+    let started = Instant::now();
+    let run = std::thread::scope(|scope| {
+        let running = scope.spawn(|| sandbox.run_cancellable(&guests, "nap", &args, &long, &flag));
+        std::thread::sleep(Duration::from_millis(100));
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        running.join().unwrap()
+    });
+    assert_eq!(run.result.unwrap_err(), TaskError::Cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn super_run(sandbox: &Sandbox, module: &CompiledModule, task: &str, args: Json) -> TaskRun {
+    run(sandbox, module, task, args, &TaskLimits::default())
+}

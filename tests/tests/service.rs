@@ -167,3 +167,29 @@ fn a_detached_job_outlives_its_session_and_another_gathers_or_cancels_it() {
         status.jobs.is_empty() && status.tasks.total == 0
     });
 }
+
+#[test]
+fn cancelling_a_task_that_sleeps_in_the_host_frees_its_thread() {
+    let cluster = cluster(1);
+    let client = cluster.client().unwrap();
+    let guests = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let napping = client
+        .submit(&guests, "nap", vec![json!(600).into()])
+        .unwrap();
+    wrun_tests::wait_until("the nap to run", WAIT, || {
+        client.status().unwrap().tasks.running == 1
+    });
+    let started = std::time::Instant::now();
+    client.cancel(vec![napping]).unwrap();
+    // The only thread is free again at once.
+    let module = seed(&client);
+    let x = client
+        .submit(&module, "inc", vec![json!(1).into()])
+        .unwrap();
+    assert_eq!(client.gather(&[x]).unwrap()[0].as_ref().unwrap(), &json!(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

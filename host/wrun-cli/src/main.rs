@@ -141,14 +141,20 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let cli = Cli::parse_from(args);
+    // A scheduler logs its audit trail (connections, sessions, submissions)
+    // unless WRUN_LOG says otherwise; other commands only warnings.
+    let default_filter = match cli.command {
+        Command::Scheduler(_) | Command::Local(_) => "warn,wrun::audit=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WRUN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse_from(args);
     match cli.command.execute() {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

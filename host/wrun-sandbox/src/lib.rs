@@ -10,7 +10,8 @@
 //!   WASI preview 1 offers clocks, random numbers and the captured
 //!   stdout/stderr; no files, no environment, no arguments, no network.
 //! - **Limits.** Linear memory through a `ResourceLimiter` (and the pooling
-//!   allocator's hard cap), wall time through epoch interruption, optional
+//!   allocator's hard cap), wall time through epoch interruption (and a
+//!   `poll_oneoff` of our own, so a guest cannot sleep past it), optional
 //!   fuel, result size, and captured output that is truncated with a marker
 //!   rather than refused.
 //! - **Speed.** One `Engine` with wasmtime's pooling allocator and
@@ -29,6 +30,7 @@ mod capture;
 mod config;
 mod error;
 mod sandbox;
+mod sleep;
 
 pub use capture::Captured;
 pub use config::{SandboxConfig, default_cache_dir};

@@ -19,6 +19,7 @@ use crate::cache::{CacheMiss, DiskCache};
 use crate::capture::{CapturePipe, Captured};
 use crate::config::SandboxConfig;
 use crate::error::{LoadError, TaskError};
+use crate::sleep::{Interrupted, SleepLimits, TaskClock};
 
 /// Dirty linear-memory bytes reset in place (not returned to the kernel)
 /// when a pooled slot is reused. A no-op Rust task dirties about 100 KiB.
@@ -120,6 +121,8 @@ pub(crate) struct TaskState {
     panic: Option<(String, String)>,
     /// The run was stopped by its cancel flag (not by its time limit).
     cancelled: bool,
+    /// What a sleeping guest must still obey (`sleep.rs`).
+    sleep: SleepLimits,
 }
 
 struct TaskLimiter {
@@ -241,6 +244,18 @@ impl Sandbox {
         let mut linker: Linker<TaskState> = Linker::new(&engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut TaskState| &mut state.wasi)
             .map_err(host)?;
+        // A guest must not sleep past its time limit or its cancel.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap(
+                "wasi_snapshot_preview1",
+                "poll_oneoff",
+                |caller: Caller<'_, TaskState>, a: i32, b: i32, c: i32, d: i32| {
+                    crate::sleep::poll_oneoff(caller, |s: &TaskState| &s.sleep, (a, b, c, d))
+                },
+            )
+            .map_err(host)?;
+        linker.allow_shadowing(false);
         linker
             .func_wrap(wrun_abi::HOST_MODULE, "panic", record_panic)
             .map_err(host)?;
@@ -448,9 +463,13 @@ impl Sandbox {
 
         let stdout = CapturePipe::new("stdout", limits.stdout_bytes);
         let stderr = CapturePipe::new("stderr", limits.stderr_bytes);
+        let clock_origin = Instant::now();
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .monotonic_clock(TaskClock {
+                origin: clock_origin,
+            })
             .build_p1();
         let limiter = TaskLimiter {
             memory_limit: limits.memory_bytes,
@@ -464,6 +483,12 @@ impl Sandbox {
                 limiter,
                 panic: None,
                 cancelled: false,
+                sleep: SleepLimits {
+                    deadline: clock_origin + limits.timeout,
+                    cancel: cancel.cloned(),
+                    clock_origin,
+                    tick: self.config.epoch_tick,
+                },
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -667,6 +692,15 @@ fn record_panic(
 fn classify(error: wasmtime::Error, state: &TaskState, limits: &TaskLimits) -> TaskError {
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return TaskError::Exited(exit.0);
+    }
+    match error.downcast_ref::<Interrupted>() {
+        Some(Interrupted::TimeLimit) => {
+            return TaskError::TimeLimit {
+                limit: limits.timeout,
+            };
+        }
+        Some(Interrupted::Cancelled) => return TaskError::Cancelled,
+        None => {}
     }
     let trap = error.downcast_ref::<Trap>().copied();
     match trap {

@@ -174,3 +174,11 @@ fn slow_square(i: u64, micros: u64) -> u64 {
     }
     i * i
 }
+
+/// Sleeps in the host (WASI `poll_oneoff`), where epoch interruption does
+/// not reach: the sandbox must still stop it at its time limit or cancel.
+#[task]
+fn nap(seconds: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    seconds
+}
