@@ -542,10 +542,7 @@ fn the_disk_cache_survives_corruption() {
             .1,
         DiskCache
     );
-    let cached: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let cached = artifacts(&dir);
     assert_eq!(cached.len(), 1, "{cached:?}");
     // Truncate the artifact: detected, recompiled, and the module still works.
     let full = std::fs::read(&cached[0]).unwrap();
@@ -714,4 +711,56 @@ fn a_guest_sleeping_in_the_host_is_stopped_at_its_time_limit_and_by_cancel() {
 
 fn super_run(sandbox: &Sandbox, module: &CompiledModule, task: &str, args: Json) -> TaskRun {
     run(sandbox, module, task, args, &TaskLimits::default())
+}
+
+fn artifacts(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
+#[test]
+fn the_disk_cache_trusts_only_what_this_user_made_and_stays_under_its_size() {
+    use std::os::unix::fs::PermissionsExt;
+    use wrun_sandbox::LoadSource::*;
+    let root = std::env::temp_dir().join(format!("wrun-cache-trust-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let config = |dir: &str| SandboxConfig {
+        cache_dir: Some(root.join(dir)),
+        max_concurrent_tasks: 2,
+        ..SandboxConfig::default()
+    };
+    let seed = read_module(SEED_TASKS_WASM);
+    let guests = read_module(TEST_GUESTS_WASM);
+    let load = |dir: &str, bytes: &[u8]| Sandbox::new(config(dir)).unwrap().load(bytes).unwrap().1;
+    assert_eq!(load("mine", &seed), Compiled);
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(root.join("mine")), 0o700);
+    assert_eq!(mode(root.join("mine/cache.key")), 0o600);
+    // An artifact planted from another cache (made with another key) is
+    // native code this user's wrun did not make: refused and recompiled.
+    assert_eq!(load("theirs", &seed), Compiled);
+    let planted = artifacts(&root.join("theirs")).remove(0);
+    let target = artifacts(&root.join("mine")).remove(0);
+    std::fs::copy(&planted, &target).unwrap();
+    assert_eq!(load("mine", &seed), Compiled);
+    assert_eq!(load("mine", &seed), DiskCache);
+    // A cache of one module's size keeps the most recently used one.
+    assert_eq!(load("mine", &guests), Compiled);
+    let largest = artifacts(&root.join("mine"))
+        .into_iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .max()
+        .unwrap();
+    let small = SandboxConfig {
+        cache_max_bytes: largest + 1,
+        ..config("small")
+    };
+    let sandbox = Sandbox::new(small).unwrap();
+    sandbox.load(&seed).unwrap();
+    sandbox.load(&guests).unwrap();
+    assert_eq!(artifacts(&root.join("small")).len(), 1);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -20,6 +20,8 @@ pub struct SandboxConfig {
     pub fuel_metering: bool,
     /// Where compiled modules are cached on disk; `None` keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// The most bytes the disk cache keeps; the least recently used go first.
+    pub cache_max_bytes: u64,
     /// The epoch tick: wall-time limits are enforced to within about one tick.
     pub epoch_tick: Duration,
 }
@@ -31,6 +33,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: 4096 * MIB,
             fuel_metering: false,
             cache_dir: default_cache_dir(),
+            cache_max_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(5),
         }
     }

@@ -263,7 +263,7 @@ impl Sandbox {
         let disk_cache = config
             .cache_dir
             .clone()
-            .map(|dir| DiskCache::new(dir, &engine));
+            .map(|dir| DiskCache::new(dir, &engine, config.cache_max_bytes));
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
         Ok(Sandbox {
             engine,

@@ -54,6 +54,9 @@ pub(crate) struct WorkerCommand {
     /// (Slurm kills KillWait, 30 s by default, after its SIGTERM).
     #[arg(long, env = "WRUN_RETIRE_TIMEOUT", default_value = "20s")]
     retire_timeout: HumanDuration,
+    /// The most the compiled-module cache keeps on disk (least recently used go first).
+    #[arg(long, env = "WRUN_CACHE_SIZE", default_value = "1GiB")]
+    cache_size: ByteSize,
     /// Exit when the parent process dies (`wrun local` and the nanny pass it).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
@@ -119,7 +122,10 @@ impl WorkerCommand {
                 .unwrap_or_else(|| format!("worker-{}", std::process::id())),
             connect_timeout: self.scheduler.connect_timeout.0,
             peer_host,
-            sandbox: SandboxConfig::default(),
+            sandbox: SandboxConfig {
+                cache_max_bytes: self.cache_size.0,
+                ..SandboxConfig::default()
+            },
             end_time,
             retire_margin: self.retire_margin.0,
             retire_on_signal: Some(self.retire_timeout.0),
