@@ -164,6 +164,7 @@ struct Input {
     remote :group {         # a result to fetch from a peer
       task @2 :UInt64;
       address @3 :Text;
+      ticket @4 :Data;      # what the peer asks to hand it over (wrun_proto::tickets)
     }
   }
 }
@@ -223,9 +224,12 @@ interface WorkerControl {
 struct Copy {
   task @0 :UInt64;
   address @1 :Text;         # the peer that holds it
+  ticket @2 :Data;          # as for Input.remote
 }
 
-# What a worker serves to its peers on its peer address.
+# What a worker serves to its peers on its peer address. A result is handed
+# over only for the ticket the scheduler issued for it, so whoever reaches
+# the port without the cluster secret cannot read results by guessing ids.
 interface Peer {
-  fetch @0 (task :UInt64, offset :UInt64) -> (chunk :Chunk);
+  fetch @0 (task :UInt64, offset :UInt64, ticket :Data) -> (chunk :Chunk);
 }

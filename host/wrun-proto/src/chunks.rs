@@ -57,7 +57,9 @@ where
         ));
     }
     let step = data.len() as u64;
-    let mut value = Vec::with_capacity(total as usize);
+    // Room for what has come, not for what the peer says will come: a
+    // lying `total` must not size an allocation.
+    let mut value = Vec::with_capacity(data.len());
     value.extend_from_slice(data);
     drop(first);
     let offsets: Vec<u64> = (1..)

@@ -1,6 +1,10 @@
 //! Connections: bounded reader options, connecting with retries, and the
 //! RPC system of one connection.
 
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use capnp::message::ReaderOptions;
@@ -88,13 +92,95 @@ pub fn rpc_system(
     side: Side,
     bootstrap: Option<capnp::capability::Client>,
 ) -> RpcSystem<Side> {
+    rpc_system_metered(stream, side, bootstrap, Rc::new(WriteMeter::default()))
+}
+
+/// [`rpc_system`], counting in `meter` the bytes the connection writes to
+/// its peer: a server uses it to stop producing answers for a peer that
+/// does not read them.
+pub fn rpc_system_metered(
+    stream: TcpStream,
+    side: Side,
+    bootstrap: Option<capnp::capability::Client>,
+    meter: Rc<WriteMeter>,
+) -> RpcSystem<Side> {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.compat().split();
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
+        futures::io::BufWriter::new(Metered {
+            inner: writer,
+            meter,
+        }),
         side,
         reader_options(),
     );
     RpcSystem::new(Box::new(network), bootstrap)
+}
+
+/// Bytes a connection has written, and answers produced for it that must
+/// be written before more are made.
+#[derive(Default)]
+pub struct WriteMeter {
+    written: Cell<u64>,
+    produced: Cell<u64>,
+    progress: tokio::sync::Notify,
+}
+
+impl WriteMeter {
+    /// Bytes written to the peer so far.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+
+    /// Waits until fewer than `unsent` bytes of the answers produced so
+    /// far are still unwritten; `false` if that did not happen within
+    /// `patience` (the peer is not reading).
+    pub async fn wait_for_room(&self, unsent: u64, patience: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let progressed = self.progress.notified();
+            if self.produced.get().saturating_sub(self.written.get()) < unsent {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// An answer of `bytes` was produced.
+    pub fn produced(&self, bytes: u64) {
+        self.produced.set(self.produced.get() + bytes);
+    }
+}
+
+/// A writer that counts what it writes into a [`WriteMeter`].
+struct Metered<W> {
+    inner: W,
+    meter: Rc<WriteMeter>,
+}
+
+impl<W: futures::AsyncWrite + Unpin> futures::AsyncWrite for Metered<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            let meter = &self.meter;
+            meter.written.set(meter.written.get() + *n as u64);
+            meter.progress.notify_waiters();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }

@@ -3,14 +3,16 @@
 //! `submit.rs`, `modules.rs`, `jobs.rs`, `fetch.rs`, `status.rs`), and
 //! sends what the core decided.
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use capnp::capability::Rc as CapRc;
 use tokio::sync::mpsc;
 use tracing::info;
 use wrun_core::{ClientId, TaskId};
 use wrun_proto::wrun_capnp::client_session;
-use wrun_proto::{TaskKey, failed};
+use wrun_proto::{TaskKey, WriteMeter, failed};
 
 use crate::encode::flush;
 use crate::fetch::{self, Slot};
@@ -24,6 +26,58 @@ pub(crate) struct ClientSessionImpl {
     pub(crate) shared: Shared,
     pub(crate) client: ClientId,
     pub(crate) deferred: mpsc::UnboundedSender<Deferred>,
+    /// What the connection has written: big answers wait for room.
+    pub(crate) meter: Rc<WriteMeter>,
+    /// Calls of this session being answered now.
+    pub(crate) in_flight: Cell<u32>,
+}
+
+/// Calls one session may have in flight at once.
+const MAX_CALLS_IN_FLIGHT: u32 = 256;
+/// Answer bytes produced for a client but not yet written to it, before
+/// the next big answer waits.
+const MAX_UNSENT_BYTES: u64 = 64 << 20;
+/// How long a big answer waits for a client that does not read.
+const READ_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A call in flight, counted until it is answered.
+struct InFlight<'a>(&'a Cell<u32>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl ClientSessionImpl {
+    /// Counts a call that may hold memory while it waits; refuses one over
+    /// the session's bound.
+    fn call(&self) -> Result<InFlight<'_>, capnp::Error> {
+        if self.in_flight.get() >= MAX_CALLS_IN_FLIGHT {
+            return Err(failed(format!(
+                "this session has {MAX_CALLS_IN_FLIGHT} calls in flight, the most allowed; wait for their answers"
+            )));
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        Ok(InFlight(&self.in_flight))
+    }
+
+    /// Waits until the client has read most of what it was sent.
+    async fn room_for_answer(&self) -> Result<(), capnp::Error> {
+        if self
+            .meter
+            .wait_for_room(MAX_UNSENT_BYTES, READ_PATIENCE)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "the client has not read {} of answers for {} s; not answering more",
+                wrun_abi::humanize_bytes(MAX_UNSENT_BYTES),
+                READ_PATIENCE.as_secs()
+            )))
+        }
+    }
 }
 
 impl Drop for ClientSessionImpl {
@@ -144,6 +198,8 @@ impl client_session::Server for ClientSessionImpl {
         params: client_session::FetchParams,
         mut results: client_session::FetchResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.call()?;
+        self.room_for_answer().await?;
         let params = params.get()?;
         let response = fetch::fetch_chunk(
             &self.shared,
@@ -154,6 +210,7 @@ impl client_session::Server for ClientSessionImpl {
         .await?;
         let chunk = response.get()?.get_chunk()?;
         let mut out = results.get().init_chunk();
+        self.meter.produced(chunk.get_data()?.len() as u64);
         out.set_data(chunk.get_data()?);
         out.set_total(chunk.get_total());
         Ok(())
@@ -164,8 +221,19 @@ impl client_session::Server for ClientSessionImpl {
         params: client_session::FetchManyParams,
         mut results: client_session::FetchManyResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.call()?;
+        self.room_for_answer().await?;
         let keys = keys_of(params.get()?.get_keys()?);
         let slots = fetch::fetch_many(&self.shared, self.client, &keys).await?;
+        self.meter.produced(
+            slots
+                .iter()
+                .map(|s| match s {
+                    Slot::Data(d) => d.len() as u64,
+                    _ => 0,
+                })
+                .sum(),
+        );
         let mut list = results.get().init_values(slots.len() as u32);
         for (i, slot) in slots.iter().enumerate() {
             let mut value = list.reborrow().get(i as u32);

@@ -24,6 +24,8 @@ pub(crate) struct ClusterImpl {
     /// Set once the connection has a session: the handshake time-out no
     /// longer applies.
     pub(crate) opened: std::rc::Rc<std::cell::Cell<bool>>,
+    /// What the connection has written, for backpressure on big answers.
+    pub(crate) meter: std::rc::Rc<wrun_proto::WriteMeter>,
 }
 
 fn wrong_secret() -> capnp::Error {
@@ -111,6 +113,8 @@ impl cluster::Server for ClusterImpl {
                 shared: self.shared.clone(),
                 client,
                 deferred,
+                meter: self.meter.clone(),
+                in_flight: std::cell::Cell::new(0),
             }));
         Ok(())
     }

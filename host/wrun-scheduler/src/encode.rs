@@ -73,6 +73,7 @@ fn send_runs(state: &State, outbox: &Outbox) {
                             let mut remote = input.init_remote();
                             remote.set_task(dep.0);
                             remote.set_address(state.peer_address(holder));
+                            remote.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *dep));
                         }
                     }
                 }
@@ -128,6 +129,7 @@ fn send_replicates(state: &State, outbox: &Outbox) {
             let mut c = list.reborrow().get(i as u32);
             c.set_task(task.0);
             c.set_address(state.peer_address(*from));
+            c.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *task));
         }
         spawn_call(format!("replicate on {worker}"), request.send().promise);
     }

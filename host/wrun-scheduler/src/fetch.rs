@@ -14,6 +14,10 @@ use crate::state::Shared;
 
 /// Most keys one `fetchMany` may ask for.
 pub(crate) const MAX_FETCH_MANY: usize = 1 << 16;
+/// Most value bytes in one `fetchMany` answer; values past it come back as
+/// `large`, for the client to read in chunks (answers stay under the
+/// reader's message limit, whatever the number of workers).
+const MAX_FETCH_MANY_BYTES: usize = 8 << 20;
 
 /// A worker's answer to a chunked fetch (the handler copies the chunk
 /// straight from it into its own answer).
@@ -142,6 +146,15 @@ pub(crate) async fn fetch_many(
                 Ok(_) => Slot::Missing("the worker's answer was short".to_owned()),
                 Err(error) => Slot::Missing(error.to_string()),
             };
+        }
+    }
+    let mut total = 0usize;
+    for slot in &mut slots {
+        if let Slot::Data(data) = slot {
+            total += data.len();
+            if total > MAX_FETCH_MANY_BYTES {
+                *slot = Slot::Large(data.len() as u64);
+            }
         }
     }
     Ok(slots)

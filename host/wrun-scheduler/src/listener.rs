@@ -122,12 +122,15 @@ impl Acceptor {
     pub(crate) fn serve(&self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
         debug!(%peer, "connection");
         let opened = Rc::new(Cell::new(false));
+        let meter = Rc::new(wrun_proto::WriteMeter::default());
         let bootstrap: cluster::Client = capnp_rpc::new_client(ClusterImpl {
             shared: self.shared.clone(),
             peer,
             opened: opened.clone(),
+            meter: meter.clone(),
         });
-        let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(bootstrap.client));
+        let rpc =
+            wrun_proto::rpc_system_metered(stream, Side::Server, Some(bootstrap.client), meter);
         let live = self.live.clone();
         live.set(live.get() + 1);
         let handshake = self.limits.handshake;

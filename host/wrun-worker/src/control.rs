@@ -91,11 +91,12 @@ fn prepare(control: &CapRc<ControlImpl>, pending: Pending<'static>) {
                 this.module_fetch(pending.digest).await?;
                 let mut remote = HashMap::new();
                 for input in &pending.inputs {
-                    if let PendingInput::Remote(dep, address) = input {
+                    if let PendingInput::Remote(remote_input) = input {
+                        let (dep, address) = (&remote_input.task, &remote_input.address);
                         let started = std::time::Instant::now();
                         let value = this
                             .peers
-                            .fetch(address, *dep)
+                            .fetch(address, *dep, &remote_input.ticket)
                             .await
                             .map_err(|e| format!("fetching input {dep} from {address}: {e}"))?;
                         info!(
@@ -184,9 +185,10 @@ impl worker_control::Server for ControlImpl {
         for copy in params.get()?.get_copies()?.iter() {
             let task = TaskId(copy.get_task());
             let address = copy.get_address()?.to_str()?.to_owned();
+            let ticket = copy.get_ticket()?.to_vec();
             let this = self.clone();
             tokio::task::spawn_local(async move {
-                let ok = match this.peers.fetch(&address, task).await {
+                let ok = match this.peers.fetch(&address, task, &ticket).await {
                     Ok(value) => {
                         this.state.results.insert(task, value);
                         true

@@ -15,7 +15,14 @@ use crate::state::ResultStore;
 pub(crate) enum PendingInput<'a> {
     Value(Cow<'a, [u8]>),
     Local(TaskId),
-    Remote(TaskId, String),
+    Remote(RemoteInput),
+}
+
+/// A result to fetch from the peer at `address`, with the ticket it asks for.
+pub(crate) struct RemoteInput {
+    pub(crate) task: TaskId,
+    pub(crate) address: String,
+    pub(crate) ticket: Vec<u8>,
 }
 
 /// An assignment as received, before its module and inputs are all here.
@@ -47,13 +54,14 @@ impl<'a> Pending<'a> {
                     PendingInput::Value(Cow::Borrowed(bytes.map_err(bad)?))
                 }
                 input::Which::Local(dep) => PendingInput::Local(TaskId(dep)),
-                input::Which::Remote(remote) => PendingInput::Remote(
-                    TaskId(remote.get_task()),
-                    remote
+                input::Which::Remote(remote) => PendingInput::Remote(RemoteInput {
+                    task: TaskId(remote.get_task()),
+                    address: remote
                         .get_address()
                         .and_then(|a| Ok(a.to_str()?.to_owned()))
                         .map_err(bad)?,
-                ),
+                    ticket: remote.get_ticket().map_err(bad)?.to_vec(),
+                }),
             });
         }
         Ok(Pending {
@@ -90,7 +98,7 @@ impl<'a> Pending<'a> {
                         PendingInput::Value(Cow::Owned(bytes.into_owned()))
                     }
                     PendingInput::Local(dep) => PendingInput::Local(dep),
-                    PendingInput::Remote(dep, address) => PendingInput::Remote(dep, address),
+                    PendingInput::Remote(remote) => PendingInput::Remote(remote),
                 })
                 .collect(),
             limits: self.limits,
@@ -115,9 +123,10 @@ impl<'a> Pending<'a> {
                         .ok_or_else(|| format!("input {task} is not on this worker"))?;
                     args.extend_from_slice(&value);
                 }
-                PendingInput::Remote(task, _) => {
+                PendingInput::Remote(input) => {
+                    let task = input.task;
                     let value = remote
-                        .get(task)
+                        .get(&task)
                         .ok_or_else(|| format!("input {task} was not fetched"))?;
                     args.extend_from_slice(value);
                 }

@@ -57,9 +57,18 @@ impl peer::Server for PeerImpl {
         mut results: peer::FetchResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
+        let task = TaskId(params.get_task());
+        let Some(secret) = self.state.secret.get() else {
+            return Err(failed("this worker has not joined a cluster yet"));
+        };
+        if !wrun_proto::tickets::check(secret, task, params.get_ticket()?) {
+            // The same answer as for a result that is not here: a wrong
+            // ticket tells nothing about which results exist.
+            return Err(failed("no such result on this worker"));
+        }
         fill_chunk(
             &self.state,
-            TaskId(params.get_task()),
+            task,
             params.get_offset(),
             results.get().init_chunk(),
         )
@@ -111,12 +120,18 @@ impl Peers {
 
     /// Fetches `task`'s result from the peer at `address`. After a failure
     /// the connection is dropped, so the next fetch connects again.
-    pub(crate) async fn fetch(&self, address: &str, task: TaskId) -> Result<Vec<u8>, String> {
+    pub(crate) async fn fetch(
+        &self,
+        address: &str,
+        task: TaskId,
+        ticket: &[u8],
+    ) -> Result<Vec<u8>, String> {
         let peer = self.connect(address).await?;
         let value = fetch_chunked(|offset| {
             let mut request = peer.fetch_request();
             request.get().set_task(task.0);
             request.get().set_offset(offset);
+            request.get().set_ticket(ticket);
             request.send().promise
         })
         .await;

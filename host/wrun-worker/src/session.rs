@@ -43,6 +43,7 @@ pub(crate) async fn serve(
         secret,
         ended: disconnected,
     } = connect(&config).await?;
+    let _ = state.secret.set(secret.clone());
     let shutdown = Rc::new(tokio::sync::Notify::new());
     let (session_tx, session_rx) = tokio::sync::watch::channel(None);
     let control: worker_control::Client = capnp_rpc::new_client(ControlImpl {

@@ -18,6 +18,8 @@ pub(crate) struct WorkerState {
     pub(crate) modules: ModuleStore,
     pub(crate) sandbox: Sandbox,
     pub(crate) events: EventOutbox,
+    /// The cluster secret, once known: peer tickets are checked with it.
+    pub(crate) secret: std::sync::OnceLock<String>,
 }
 
 impl WorkerState {
@@ -28,6 +30,7 @@ impl WorkerState {
             modules: ModuleStore::default(),
             sandbox,
             events: EventOutbox::default(),
+            secret: std::sync::OnceLock::new(),
         }
     }
 }
