@@ -154,6 +154,7 @@ struct WorkerInfo {
   pid @4 :UInt32;
   slurmJobId @5 :Text;      # the Slurm job the worker runs in ("" if none)
   endTimeMs @6 :UInt64;     # when the worker will be stopped (Unix ms; 0: no known end)
+  peerCertificate @7 :Data; # DER of the TLS certificate its peer port presents (empty: plain)
 }
 
 # An input of an assigned task.
@@ -165,6 +166,7 @@ struct Input {
       task @2 :UInt64;
       address @3 :Text;
       ticket @4 :Data;      # what the peer asks to hand it over (wrun_proto::tickets)
+      certificate @5 :Data; # the peer's TLS certificate (DER); empty: plain
     }
   }
 }
@@ -225,6 +227,7 @@ struct Copy {
   task @0 :UInt64;
   address @1 :Text;         # the peer that holds it
   ticket @2 :Data;          # as for Input.remote
+  certificate @3 :Data;     # as for Input.remote
 }
 
 # What a worker serves to its peers on its peer address. A result is handed

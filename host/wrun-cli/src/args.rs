@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use clap::Args;
 use wrun_abi::TaskLimits;
 use wrun_abi::units::{ByteSize, HumanDuration};
-use wrun_client::{Client, ClientError, Target};
-use wrun_scheduler::{ConnectionLimits, TaskCaps};
+use wrun_client::{Client, ClientError, Credentials, Target};
+use wrun_scheduler::{ConnectionLimits, TaskCaps, TlsMode};
 
 use crate::exit::Failure;
 
@@ -29,6 +29,10 @@ pub(crate) struct SchedulerArgs {
     /// WRUN_TOKEN: a flag shows in `ps`.
     #[arg(long, env = "WRUN_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// The scheduler's TLS certificate (PEM), with --scheduler (a
+    /// scheduler file carries its own).
+    #[arg(long, env = "WRUN_CERTIFICATE")]
+    pub(crate) certificate: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -40,6 +44,22 @@ impl SchedulerArgs {
         }
     }
 
+    /// The token and certificate these flags give.
+    pub(crate) fn credentials(&self) -> Result<Credentials, Failure> {
+        let certificate = match &self.certificate {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the certificate {}", path.display()))?;
+                Some(wrun_proto::tls::certificate_from_pem(&pem).map_err(Failure::input)?)
+            }
+        };
+        Ok(Credentials {
+            token: self.token.clone(),
+            certificate,
+        })
+    }
+
     /// Connects to the scheduler these flags name (one must be named).
     pub(crate) fn connect(&self) -> Result<Client, Failure> {
         let target = self.target().ok_or_else(|| {
@@ -47,7 +67,7 @@ impl SchedulerArgs {
                 "name the scheduler: --scheduler-file FILE or --scheduler HOST:PORT"
             ))
         })?;
-        Client::connect_with_token(&target, self.token.clone(), self.connect_timeout.0)
+        Client::connect_with(&target, self.credentials()?, self.connect_timeout.0)
             .map_err(client_failure)
     }
 }
@@ -143,6 +163,25 @@ pub(crate) struct ServeArgs {
     /// Connections open at once; more are closed as they arrive.
     #[arg(long, env = "WRUN_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub(crate) max_connections: usize,
+    /// Speak TLS even on loopback (off loopback it always does, unless
+    /// --insecure-plaintext).
+    #[arg(long, env = "WRUN_TLS", conflicts_with = "insecure_plaintext")]
+    pub(crate) tls: bool,
+    /// The scheduler's TLS certificate (PEM) [default: a self-signed one
+    /// made at start]; clients and workers accept exactly this one.
+    #[arg(long, env = "WRUN_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "WRUN_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Listen off loopback without TLS: traffic and the cluster secret
+    /// cross the network in clear.
+    #[arg(long, env = "WRUN_INSECURE_PLAINTEXT")]
+    pub(crate) insecure_plaintext: bool,
+    /// Also write a file for tenants (mode 0644): the scheduler's address
+    /// and certificate, without the cluster secret.
+    #[arg(long, env = "WRUN_CLIENT_FILE")]
+    pub(crate) client_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -165,6 +204,13 @@ impl ServeArgs {
                 max_connections: self.max_connections.max(1),
                 ..ConnectionLimits::default()
             },
+            tls: match (self.tls, self.insecure_plaintext) {
+                (true, _) => TlsMode::Always,
+                (false, true) => TlsMode::InsecurePlaintext,
+                (false, false) => TlsMode::OffLoopback,
+            },
+            tls_identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            client_file: self.client_file.clone(),
             ..Default::default()
         }
     }

@@ -12,7 +12,7 @@ use wrun_proto::TaskKey;
 use wrun_proto::status::ClusterStatus;
 use wrun_proto::wrun_capnp::client_session;
 
-use crate::connection::{self, Command, Inner, Target};
+use crate::connection::{self, Command, Credentials, Inner, Target};
 use crate::error::{ClientError, rpc_error};
 use crate::submit::TaskOptions;
 use crate::task_future::TaskFuture;
@@ -41,17 +41,18 @@ impl Client {
     /// until `timeout`) and opens a session with the scheduler file's token
     /// (a cluster without tenants) or its cluster secret (the operator).
     pub fn connect(target: &Target, timeout: Duration) -> Result<Client, ClientError> {
-        Client::connect_with_token(target, None, timeout)
+        Client::connect_with(target, Credentials::default(), timeout)
     }
 
-    /// [`Client::connect`] with a tenant's token (needed for a
-    /// [`Target::Address`]; it takes precedence over a scheduler file's).
-    pub fn connect_with_token(
+    /// [`Client::connect`] with a tenant's token and, for a
+    /// [`Target::Address`], the scheduler's certificate; both take
+    /// precedence over a scheduler file's.
+    pub fn connect_with(
         target: &Target,
-        token: Option<String>,
+        credentials: Credentials,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let connection = connection::start(target, token, timeout)?;
+        let connection = connection::start(target, credentials, timeout)?;
         Ok(Client {
             inner: connection.inner,
             options: TaskOptions::default(),

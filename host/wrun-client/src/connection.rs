@@ -88,10 +88,21 @@ pub(crate) struct Connection {
     pub(crate) stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// What a client opens its session with, beyond where the scheduler is.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The tenant's token; a scheduler file's token (or its secret) when
+    /// `None`.
+    pub token: Option<String>,
+    /// The scheduler's TLS certificate (DER) to accept, for a
+    /// [`Target::Address`] (a scheduler file carries its own).
+    pub certificate: Option<Vec<u8>>,
+}
+
 /// Starts the connection thread; returns once the session is open.
 pub(crate) fn start(
     target: &Target,
-    token: Option<String>,
+    credentials: Credentials,
     timeout: Duration,
 ) -> Result<Connection, ClientError> {
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -118,7 +129,7 @@ pub(crate) fn start(
                 &runtime,
                 run(
                     target,
-                    token,
+                    credentials,
                     timeout,
                     thread_inner,
                     commands_rx,
@@ -185,23 +196,26 @@ impl task_listener::Server for Listener {
 /// ends the connection cleanly.
 async fn open(
     target: &Target,
-    token: Option<String>,
+    credentials: Credentials,
     timeout: Duration,
     inner: &Arc<Inner>,
 ) -> Result<(client_session::Client, capnp_rpc::Disconnector<Side>), ClientError> {
     // The token: the one given, else the scheduler file's (a cluster
     // without tenants), else its cluster secret (the operator's).
-    let (address, token) = match target {
+    let Credentials { token, certificate } = credentials;
+    let (address, token, certificate) = match target {
         Target::File(path) => {
             let file = SchedulerFile::wait_for(path, timeout).await?;
-            let token = token.or(file.token).unwrap_or(file.secret);
-            (file.address, Some(token))
+            let certificate = certificate.or(file.certificate_der()?);
+            let secret = Some(file.secret).filter(|s| !s.is_empty());
+            (file.address, token.or(file.token).or(secret), certificate)
         }
-        Target::Address(address) => (address.clone(), token),
+        Target::Address(address) => (address.clone(), token, certificate),
     };
     let stream = wrun_proto::connect_with_retry(&address, timeout).await?;
     // Unreachable says more than a missing token, so it is said first.
     let token = token.ok_or(ClientError::NoToken)?;
+    let stream = wrun_proto::tls::secure(stream, certificate.as_deref()).await?;
     let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
     let cluster: cluster::Client = rpc.bootstrap(Side::Server);
     let disconnector = rpc.get_disconnector();
@@ -229,14 +243,14 @@ async fn open(
 
 async fn run(
     target: Target,
-    token: Option<String>,
+    credentials: Credentials,
     timeout: Duration,
     inner: Arc<Inner>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: std_mpsc::Sender<Result<(), ClientError>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let (session, disconnector) = match open(&target, token, timeout, &inner).await {
+    let (session, disconnector) = match open(&target, credentials, timeout, &inner).await {
         Ok(pair) => pair,
         Err(error) => {
             let _ = ready.send(Err(error));

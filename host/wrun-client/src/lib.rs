@@ -38,7 +38,7 @@ mod task_future;
 mod upload;
 
 pub use client::Client;
-pub use connection::Target;
+pub use connection::{Credentials, Target};
 pub use error::{ClientError, TaskFailure};
 pub use graph::{Delayed, Graph, GraphArg};
 pub use submit::{Argument, TaskOptions};

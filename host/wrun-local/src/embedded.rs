@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wrun_client::{Client, ClientError, Target};
+use wrun_client::{Client, ClientError, Credentials, Target};
 use wrun_sandbox::SandboxConfig;
 use wrun_scheduler::{SchedulerConfig, SchedulerHandle};
 use wrun_worker::{Departure, SchedulerTarget, WorkerConfig, WorkerError};
@@ -93,8 +93,20 @@ impl EmbeddedCluster {
     /// A new client session, as the cluster's one tenant (or, with a
     /// tenants file, as the operator).
     pub fn client(&self) -> Result<Client, ClientError> {
-        let token = self.token().unwrap_or(self.secret()).to_owned();
-        Client::connect_with_token(&self.target(), Some(token), Duration::from_secs(10))
+        Client::connect_with(&self.target(), self.credentials(), Duration::from_secs(10))
+    }
+
+    /// What a client opens a session of this cluster with: its one tenant's
+    /// token (or the secret, with a tenants file) and its certificate.
+    pub fn credentials(&self) -> Credentials {
+        let handle = self.handle();
+        Credentials {
+            token: Some(self.token().unwrap_or(self.secret()).to_owned()),
+            certificate: handle
+                .certificate
+                .as_deref()
+                .and_then(|pem| wrun_proto::tls::certificate_from_pem(pem).ok()),
+        }
     }
 
     /// Starts one more worker; returns its index.
@@ -105,6 +117,7 @@ impl EmbeddedCluster {
             SchedulerTarget::Address {
                 address: self.address().to_owned(),
                 secret: self.secret().to_owned(),
+                certificate: self.credentials().certificate,
             },
             self.threads,
         );

@@ -16,6 +16,8 @@ pub struct LocalConfig {
     pub threads: u32,
     /// Memory per worker process (its nanny restarts it above this).
     pub memory_bytes: u64,
+    /// Workers serve their peers over TLS, even on loopback.
+    pub tls: bool,
     /// The scheduler's settings; its scheduler file is where the workers
     /// find it.
     pub scheduler: SchedulerConfig,
@@ -48,8 +50,12 @@ impl LocalCluster {
             children: Vec::new(),
         };
         for i in 0..config.workers {
-            let child = Command::new(wrun)
-                .arg("worker")
+            let mut command = Command::new(wrun);
+            command.arg("worker");
+            if config.tls {
+                command.arg("--tls");
+            }
+            let child = command
                 .arg("--scheduler-file")
                 .arg(&cluster.file)
                 .arg("--threads")

@@ -48,6 +48,10 @@ pub enum ConnectError {
         /// The last error.
         reason: String,
     },
+    /// The TLS handshake failed (or the server's certificate is not the
+    /// one expected).
+    #[error("TLS with the scheduler failed: {0}")]
+    Tls(String),
     /// The scheduler speaks another protocol version.
     #[error("the scheduler speaks protocol {theirs}, this wrun speaks {PROTOCOL_VERSION}")]
     Version {
@@ -88,7 +92,7 @@ pub async fn connect_with_retry(
 /// bootstrap capability; the client side passes `None` and calls
 /// `bootstrap(Side::Server)` on the result.
 pub fn rpc_system(
-    stream: TcpStream,
+    stream: impl crate::tls::Stream + 'static,
     side: Side,
     bootstrap: Option<capnp::capability::Client>,
 ) -> RpcSystem<Side> {
@@ -99,12 +103,11 @@ pub fn rpc_system(
 /// its peer: a server uses it to stop producing answers for a peer that
 /// does not read them.
 pub fn rpc_system_metered(
-    stream: TcpStream,
+    stream: impl crate::tls::Stream + 'static,
     side: Side,
     bootstrap: Option<capnp::capability::Client>,
     meter: Rc<WriteMeter>,
 ) -> RpcSystem<Side> {
-    let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.compat().split();
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader),

@@ -32,6 +32,7 @@ pub mod limits;
 mod scheduler_file;
 pub mod status;
 pub mod tickets;
+pub mod tls;
 
 pub use capnp;
 pub use capnp_rpc;

@@ -14,6 +14,9 @@ pub struct SchedulerFile {
     /// `host:port` of the scheduler.
     pub address: String,
     /// The cluster secret workers must present (never a tenant token).
+    /// Empty in a file made for tenants (`--client-file`), which lets them
+    /// find and trust the scheduler, not join it as a worker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
     /// [`PROTOCOL_VERSION`].
     pub protocol: u32,
@@ -23,6 +26,39 @@ pub struct SchedulerFile {
     /// (whoever can read this file may use the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The scheduler's TLS certificate (PEM), when it speaks TLS: clients
+    /// and workers accept exactly this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+impl SchedulerFile {
+    /// The certificate to pin, DER, if the scheduler speaks TLS.
+    pub fn certificate_der(&self) -> Result<Option<Vec<u8>>, ConnectError> {
+        self.certificate
+            .as_deref()
+            .map(crate::tls::certificate_from_pem)
+            .transpose()
+            .map_err(|e| ConnectError::Tls(e.to_string()))
+    }
+
+    /// The same file for tenants: where the scheduler is and its
+    /// certificate, without the cluster secret or any token.
+    pub fn public(&self) -> SchedulerFile {
+        SchedulerFile {
+            secret: String::new(),
+            token: None,
+            ..self.clone()
+        }
+    }
+
+    /// Writes the tenants' file ([`SchedulerFile::public`]), readable by all.
+    pub fn write_public(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(&self.public()).expect("serializable");
+        write_private_file(path, text.as_bytes())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
 }
 
 impl SchedulerFile {

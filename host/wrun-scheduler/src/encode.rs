@@ -74,6 +74,7 @@ fn send_runs(state: &State, outbox: &Outbox) {
                             remote.set_task(dep.0);
                             remote.set_address(state.peer_address(holder));
                             remote.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *dep));
+                            remote.set_certificate(state.peer_certificate(holder));
                         }
                     }
                 }
@@ -130,6 +131,7 @@ fn send_replicates(state: &State, outbox: &Outbox) {
             c.set_task(task.0);
             c.set_address(state.peer_address(*from));
             c.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *task));
+            c.set_certificate(state.peer_certificate(*from));
         }
         spawn_call(format!("replicate on {worker}"), request.send().promise);
     }

@@ -50,7 +50,7 @@ mod tenants;
 mod worker_session;
 
 pub use listener::ConnectionLimits;
-pub use server::{SchedulerConfig, SchedulerHandle, run_scheduler, start_scheduler};
+pub use server::{SchedulerConfig, SchedulerHandle, TlsMode, run_scheduler, start_scheduler};
 pub use tenants::{
     OPERATOR, Quotas, TaskCaps, TenantEntry, TenantsError, TenantsFile, hash_token, new_token,
 };

@@ -65,6 +65,7 @@ impl RateLimited {
 pub(crate) struct Acceptor {
     shared: Shared,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     live: Rc<Cell<usize>>,
     backoff: Duration,
     accept_warning: RateLimited,
@@ -75,10 +76,15 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Acceptor {
-    pub(crate) fn new(shared: Shared, limits: ConnectionLimits) -> Acceptor {
+    pub(crate) fn new(
+        shared: Shared,
+        limits: ConnectionLimits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Acceptor {
         Acceptor {
             shared,
             limits,
+            tls,
             live: Rc::new(Cell::new(0)),
             backoff: FIRST_BACKOFF,
             accept_warning: RateLimited::new(Duration::from_secs(1)),
@@ -118,9 +124,12 @@ impl Acceptor {
         }
     }
 
-    /// Serves the bootstrap capability on one accepted connection.
+    /// Serves the bootstrap capability on one accepted connection (over
+    /// TLS when the scheduler speaks it; the TLS handshake counts against
+    /// the handshake time-out too).
     pub(crate) fn serve(&self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
         debug!(%peer, "connection");
+        let _ = stream.set_nodelay(true);
         let opened = Rc::new(Cell::new(false));
         let meter = Rc::new(wrun_proto::WriteMeter::default());
         let bootstrap: cluster::Client = capnp_rpc::new_client(ClusterImpl {
@@ -129,12 +138,31 @@ impl Acceptor {
             opened: opened.clone(),
             meter: meter.clone(),
         });
-        let rpc =
-            wrun_proto::rpc_system_metered(stream, Side::Server, Some(bootstrap.client), meter);
         let live = self.live.clone();
         live.set(live.get() + 1);
         let handshake = self.limits.handshake;
+        let tls = self.tls.clone();
         tokio::task::spawn_local(async move {
+            let stream: wrun_proto::tls::BoxStream = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(error)) => {
+                            debug!(%peer, "TLS handshake failed: {error}");
+                            live.set(live.get() - 1);
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "no TLS handshake within {} s", handshake.as_secs());
+                            live.set(live.get() - 1);
+                            return;
+                        }
+                    }
+                }
+            };
+            let rpc =
+                wrun_proto::rpc_system_metered(stream, Side::Server, Some(bootstrap.client), meter);
             tokio::pin!(rpc);
             let deadline = tokio::time::sleep(handshake);
             tokio::pin!(deadline);

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wrun_core::{Core, CoreConfig};
 use wrun_proto::SchedulerFile;
+use wrun_proto::tls::TlsIdentity;
 
 use crate::encode::flush;
 use crate::listener::{Acceptor, ConnectionLimits};
@@ -37,6 +38,25 @@ pub struct SchedulerConfig {
     pub caps: TaskCaps,
     /// Bounds on connections.
     pub connections: ConnectionLimits,
+    /// When the scheduler speaks TLS.
+    pub tls: TlsMode,
+    /// A certificate and key (PEM files) instead of a generated pair.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
+    /// A file for tenants: the scheduler file without its secret.
+    pub client_file: Option<PathBuf>,
+}
+
+/// When a scheduler speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// When it listens off loopback (and it refuses to listen off
+    /// loopback without).
+    #[default]
+    OffLoopback,
+    /// Always (also on loopback, e.g. to measure what TLS costs).
+    Always,
+    /// Never, even off loopback (`--insecure-plaintext`).
+    InsecurePlaintext,
 }
 
 impl Default for SchedulerConfig {
@@ -50,6 +70,9 @@ impl Default for SchedulerConfig {
             tenants_file: None,
             caps: TaskCaps::default(),
             connections: ConnectionLimits::default(),
+            tls: TlsMode::default(),
+            tls_identity: None,
+            client_file: None,
         }
     }
 }
@@ -62,6 +85,8 @@ pub struct SchedulerHandle {
     pub secret: String,
     /// The token of the cluster's one tenant, when it has no tenants file.
     pub token: Option<String>,
+    /// Its TLS certificate (PEM), when it speaks TLS.
+    pub certificate: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Option<i32>>>,
     ended: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -76,6 +101,7 @@ impl SchedulerHandle {
             protocol: wrun_proto::PROTOCOL_VERSION,
             pid: std::process::id(),
             token: self.token.clone(),
+            certificate: self.certificate.clone(),
         }
     }
 
@@ -138,18 +164,28 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
             (Tenants::single(&token), Some(token))
         }
     };
+    let identity = tls_identity(&config)?;
+    let acceptor = identity
+        .as_ref()
+        .map(|i| i.acceptor())
+        .transpose()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let mut handle = SchedulerHandle {
         address,
         secret: secret.clone(),
         token,
+        certificate: identity.as_ref().map(|i| i.certificate_pem()),
         stop: Some(stop_tx),
         thread: None,
         ended: Some(ended_rx),
     };
     if let Some(path) = &config.scheduler_file {
         handle.scheduler_file().write(path)?;
+    }
+    if let Some(path) = &config.client_file {
+        handle.scheduler_file().write_public(path)?;
     }
     let setup = Setup {
         secret,
@@ -158,6 +194,7 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
         caps: config.caps,
         connections: config.connections,
         tenants_file: config.tenants_file.clone(),
+        acceptor,
     };
     let thread = std::thread::Builder::new()
         .name("wrun-scheduler".to_owned())
@@ -174,6 +211,31 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
     handle.thread = Some(thread);
     info!(address = %handle.address, "scheduler listening");
     Ok(handle)
+}
+
+/// The scheduler's TLS identity, if it speaks TLS: the files given, or a
+/// fresh self-signed one. Listening off loopback without TLS is refused
+/// unless asked for by name.
+fn tls_identity(config: &SchedulerConfig) -> std::io::Result<Option<TlsIdentity>> {
+    let loopback = wrun_proto::tls::is_loopback(&config.host);
+    let on = match config.tls {
+        TlsMode::Always => true,
+        TlsMode::OffLoopback => !loopback,
+        TlsMode::InsecurePlaintext => false,
+    };
+    if !on {
+        if !loopback {
+            warn!(host = %config.host, "listening off loopback without TLS (--insecure-plaintext): traffic and the cluster secret cross the network in clear");
+        }
+        return Ok(None);
+    }
+    let identity = match &config.tls_identity {
+        Some((cert, key)) => TlsIdentity::from_pem_files(cert, key),
+        None => TlsIdentity::generate(&[config.host.clone(), "wrun".to_owned()]),
+    };
+    identity
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// Runs a scheduler until SIGINT or SIGTERM, or until a client with the
@@ -215,6 +277,7 @@ struct Setup {
     caps: TaskCaps,
     connections: ConnectionLimits,
     tenants_file: Option<PathBuf>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 async fn serve(
@@ -233,7 +296,7 @@ async fn serve(
         deferred_tx,
         shutdown_tx,
     )));
-    let mut acceptor = Acceptor::new(shared.clone(), setup.connections);
+    let mut acceptor = Acceptor::new(shared.clone(), setup.connections, setup.acceptor);
     let mut hangups = match &setup.tenants_file {
         Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
         None => None,

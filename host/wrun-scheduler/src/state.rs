@@ -41,6 +41,8 @@ pub(crate) struct WorkerConn {
     pub(crate) pid: u32,
     pub(crate) slurm_job_id: String,
     pub(crate) end_time_ms: u64,
+    /// The certificate its peer port presents (DER; empty: plain).
+    pub(crate) peer_certificate: Vec<u8>,
 }
 
 /// A client session: its tenant, where its events go, its tasks by key.
@@ -290,5 +292,13 @@ impl State {
             .get(&worker)
             .map(|w| w.peer_address.as_str())
             .unwrap_or("")
+    }
+
+    /// The certificate a worker's peer port presents (empty: plain).
+    pub(crate) fn peer_certificate(&self, worker: WorkerId) -> &[u8] {
+        self.workers
+            .get(&worker)
+            .map(|w| w.peer_certificate.as_slice())
+            .unwrap_or(&[])
     }
 }

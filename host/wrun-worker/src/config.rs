@@ -17,6 +17,8 @@ pub enum SchedulerTarget {
         address: String,
         /// The cluster secret.
         secret: String,
+        /// The scheduler's TLS certificate (DER), if it speaks TLS.
+        certificate: Option<Vec<u8>>,
     },
 }
 
@@ -35,6 +37,9 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
     /// Interface peers reach this worker on.
     pub peer_host: String,
+    /// Whether its peer port speaks TLS (with a certificate of its own,
+    /// which the scheduler passes to the peers that fetch from it).
+    pub peer_tls: bool,
     /// Sandbox settings (module cache, fuel metering).
     pub sandbox: SandboxConfig,
     /// When the worker will be stopped from outside (a Slurm job's end).
@@ -63,6 +68,7 @@ impl WorkerConfig {
             name: format!("worker-{}", std::process::id()),
             connect_timeout: Duration::from_secs(60),
             peer_host: "127.0.0.1".to_owned(),
+            peer_tls: false,
             sandbox: SandboxConfig::default(),
             end_time: None,
             retire_margin: Duration::from_secs(60),

@@ -96,7 +96,11 @@ fn prepare(control: &CapRc<ControlImpl>, pending: Pending<'static>) {
                         let started = std::time::Instant::now();
                         let value = this
                             .peers
-                            .fetch(address, *dep, &remote_input.ticket)
+                            .fetch(
+                                (address, &remote_input.certificate),
+                                *dep,
+                                &remote_input.ticket,
+                            )
                             .await
                             .map_err(|e| format!("fetching input {dep} from {address}: {e}"))?;
                         info!(
@@ -186,9 +190,14 @@ impl worker_control::Server for ControlImpl {
             let task = TaskId(copy.get_task());
             let address = copy.get_address()?.to_str()?.to_owned();
             let ticket = copy.get_ticket()?.to_vec();
+            let certificate = copy.get_certificate()?.to_vec();
             let this = self.clone();
             tokio::task::spawn_local(async move {
-                let ok = match this.peers.fetch(&address, task, &ticket).await {
+                let ok = match this
+                    .peers
+                    .fetch((&address, &certificate), task, &ticket)
+                    .await
+                {
                     Ok(value) => {
                         this.state.results.insert(task, value);
                         true

@@ -23,6 +23,8 @@ pub(crate) struct RemoteInput {
     pub(crate) task: TaskId,
     pub(crate) address: String,
     pub(crate) ticket: Vec<u8>,
+    /// The peer's certificate (DER; empty: plain).
+    pub(crate) certificate: Vec<u8>,
 }
 
 /// An assignment as received, before its module and inputs are all here.
@@ -61,6 +63,7 @@ impl<'a> Pending<'a> {
                         .and_then(|a| Ok(a.to_str()?.to_owned()))
                         .map_err(bad)?,
                     ticket: remote.get_ticket().map_err(bad)?.to_vec(),
+                    certificate: remote.get_certificate().map_err(bad)?.to_vec(),
                 }),
             });
         }

@@ -33,13 +33,33 @@ pub(crate) fn fill_chunk(
     Ok(())
 }
 
-/// Serves `Peer` on the listener: other workers fetch our results.
-pub(crate) fn serve_peers(listener: tokio::net::TcpListener, state: Arc<WorkerState>) {
+/// How long a peer may take to finish its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves `Peer` on the listener (over TLS when `tls` is given): other
+/// workers fetch our results.
+pub(crate) fn serve_peers(
+    listener: tokio::net::TcpListener,
+    state: Arc<WorkerState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let server: peer::Client = capnp_rpc::new_client(PeerImpl { state });
     tokio::task::spawn_local(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(server.clone().client));
+            let _ = stream.set_nodelay(true);
+            let server = server.clone();
+            let tls = tls.clone();
             tokio::task::spawn_local(async move {
+                let stream: wrun_proto::tls::BoxStream = match tls {
+                    None => Box::new(stream),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => Box::new(tls),
+                            _ => return,
+                        }
+                    }
+                };
+                let rpc = wrun_proto::rpc_system(stream, Side::Server, Some(server.client));
                 let _ = rpc.await;
             });
         }
@@ -85,15 +105,19 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    fn connect(&self, address: &str) -> PeerConnect {
+    fn connect(&self, address: &str, certificate: &[u8]) -> PeerConnect {
         if let Some(connect) = self.connections.borrow().get(address) {
             return connect.clone();
         }
         let key = address.to_owned();
         let connections = self.connections.clone();
+        let certificate = (!certificate.is_empty()).then(|| certificate.to_vec());
         let connect = async move {
-            let connected = wrun_proto::connect_with_retry(&key, Duration::from_secs(5)).await;
-            let stream = match connected {
+            let connected = async {
+                let stream = wrun_proto::connect_with_retry(&key, Duration::from_secs(5)).await?;
+                wrun_proto::tls::secure(stream, certificate.as_deref()).await
+            };
+            let stream = match connected.await {
                 Ok(stream) => stream,
                 Err(error) => {
                     connections.borrow_mut().remove(&key);
@@ -122,11 +146,11 @@ impl Peers {
     /// the connection is dropped, so the next fetch connects again.
     pub(crate) async fn fetch(
         &self,
-        address: &str,
+        (address, certificate): (&str, &[u8]),
         task: TaskId,
         ticket: &[u8],
     ) -> Result<Vec<u8>, String> {
-        let peer = self.connect(address).await?;
+        let peer = self.connect(address, certificate).await?;
         let value = fetch_chunked(|offset| {
             let mut request = peer.fetch_request();
             request.get().set_task(task.0);

@@ -35,7 +35,24 @@ pub(crate) async fn serve(
         .local_addr()
         .map_err(|e| WorkerError::Setup(e.to_string()))?
         .to_string();
-    serve_peers(peer_listener, state.clone());
+    let peer_identity = if config.peer_tls {
+        Some(
+            wrun_proto::tls::TlsIdentity::generate(&[config.peer_host.clone(), "wrun".to_owned()])
+                .map_err(|e| WorkerError::Setup(format!("making the peer certificate: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let acceptor = peer_identity
+        .as_ref()
+        .map(|i| i.acceptor())
+        .transpose()
+        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    serve_peers(peer_listener, state.clone(), acceptor);
+    let peer_certificate = peer_identity
+        .as_ref()
+        .map(|i| i.certificate_der().to_vec())
+        .unwrap_or_default();
 
     let Connected {
         cluster,
@@ -53,7 +70,14 @@ pub(crate) async fn serve(
         peers: Peers::default(),
         shutdown: shutdown.clone(),
     });
-    let session = register(&config, &cluster, &secret, &peer_address, control).await?;
+    let session = register(
+        &config,
+        &cluster,
+        &secret,
+        (&peer_address, &peer_certificate),
+        control,
+    )
+    .await?;
     let _ = session_tx.send(Some(session.clone()));
     info!(name = %config.name, %address, %peer_address, threads = config.threads, "worker registered");
 
@@ -82,12 +106,23 @@ struct Connected {
 
 /// Connects to the scheduler (waiting for its file, retrying the connection).
 async fn connect(config: &WorkerConfig) -> Result<Connected, WorkerError> {
-    let (address, secret) = match &config.scheduler {
+    let (address, secret, certificate) = match &config.scheduler {
         SchedulerTarget::File(path) => {
             let file = SchedulerFile::wait_for(path, config.connect_timeout).await?;
-            (file.address, file.secret)
+            if file.secret.is_empty() {
+                return Err(WorkerError::Setup(format!(
+                    "{} has no cluster secret (it is the file for tenants); a worker needs the scheduler's own file",
+                    path.display()
+                )));
+            }
+            let certificate = file.certificate_der()?;
+            (file.address, file.secret, certificate)
         }
-        SchedulerTarget::Address { address, secret } => (address.clone(), secret.clone()),
+        SchedulerTarget::Address {
+            address,
+            secret,
+            certificate,
+        } => (address.clone(), secret.clone(), certificate.clone()),
     };
     let connect = wrun_proto::connect_with_retry(&address, config.connect_timeout);
     let stream = match &config.scheduler {
@@ -110,6 +145,7 @@ async fn connect(config: &WorkerConfig) -> Result<Connected, WorkerError> {
         }
         SchedulerTarget::Address { .. } => connect.await?,
     };
+    let stream = wrun_proto::tls::secure(stream, certificate.as_deref()).await?;
     let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
     let cluster: cluster::Client = rpc.bootstrap(Side::Server);
     let (disconnected_tx, disconnected_rx) = tokio::sync::oneshot::channel();
@@ -135,7 +171,7 @@ async fn register(
     config: &WorkerConfig,
     cluster: &cluster::Client,
     secret: &str,
-    peer_address: &str,
+    (peer_address, peer_certificate): (&str, &[u8]),
     control: worker_control::Client,
 ) -> Result<worker_session::Client, WorkerError> {
     let mut request = cluster.register_worker_request();
@@ -148,6 +184,7 @@ async fn register(
         info.set_threads(config.threads.max(1));
         info.set_memory_bytes(config.memory_bytes);
         info.set_peer_address(peer_address);
+        info.set_peer_certificate(peer_certificate);
         info.set_pid(std::process::id());
         info.set_slurm_job_id(config.slurm_job_id.as_deref().unwrap_or(""));
         info.set_end_time_ms(

@@ -42,6 +42,7 @@ impl LocalCommand {
                 workers: self.workers,
                 threads: self.threads,
                 memory_bytes: self.memory.0,
+                tls: self.serve.tls,
                 scheduler: self.serve.config(None),
             },
             &wrun,

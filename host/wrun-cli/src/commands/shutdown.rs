@@ -42,6 +42,7 @@ pub(crate) fn shutdown_cluster(path: &Path, code: i32, timeout: Duration) -> any
     local.block_on(&runtime, async {
         let file = wrun_proto::SchedulerFile::wait_for(path, timeout).await?;
         let stream = wrun_proto::connect_with_retry(&file.address, timeout).await?;
+        let stream = wrun_proto::tls::secure(stream, file.certificate_der()?.as_deref()).await?;
         let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
         let cluster: cluster::Client = rpc.bootstrap(Side::Server);
         tokio::task::spawn_local(async move {

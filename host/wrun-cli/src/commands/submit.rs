@@ -106,18 +106,18 @@ impl SubmitCommand {
 
     /// Connects to the named scheduler, or starts an embedded cluster.
     fn connect_or_embed(&self) -> Result<(Option<EmbeddedCluster>, Client), Failure> {
-        let (embedded, target, token) = match self.scheduler.target() {
-            Some(target) => (None, target, self.scheduler.token.clone()),
+        let (embedded, target, credentials) = match self.scheduler.target() {
+            Some(target) => (None, target, self.scheduler.credentials()?),
             None => {
                 let cluster = EmbeddedCluster::start(EmbeddedConfig::default())
                     .context("starting an embedded cluster")?;
                 let target = cluster.target();
-                let token = cluster.token().map(str::to_owned);
-                (Some(cluster), target, token)
+                let credentials = cluster.credentials();
+                (Some(cluster), target, credentials)
             }
         };
         let mut client =
-            Client::connect_with_token(&target, token, self.scheduler.connect_timeout.0)
+            Client::connect_with(&target, credentials, self.scheduler.connect_timeout.0)
                 .map_err(client_failure)?;
         client.set_options(TaskOptions {
             limits: self.limits.limits(),

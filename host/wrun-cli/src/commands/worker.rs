@@ -39,6 +39,13 @@ pub(crate) struct WorkerCommand {
     /// the address of this node's host name.
     #[arg(long, env = "WRUN_PEER_HOST", default_value = "127.0.0.1")]
     peer_host: String,
+    /// Serve peers over TLS even on loopback (off loopback it always does,
+    /// unless --insecure-plaintext).
+    #[arg(long, env = "WRUN_TLS")]
+    tls: bool,
+    /// Serve peers off loopback without TLS: results cross the network in clear.
+    #[arg(long, env = "WRUN_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Network interface for peers (e.g. ib0); overrides --peer-host.
     #[arg(long, env = "WRUN_INTERFACE")]
     interface: Option<String>,
@@ -79,6 +86,7 @@ impl WorkerCommand {
             (None, Some(address), Some(secret)) => SchedulerTarget::Address {
                 address: address.clone(),
                 secret: secret.clone(),
+                certificate: self.scheduler.credentials()?.certificate,
             },
             (None, Some(_), None) => {
                 return Err(Failure::input(anyhow!(
@@ -121,6 +129,8 @@ impl WorkerCommand {
                 .clone()
                 .unwrap_or_else(|| format!("worker-{}", std::process::id())),
             connect_timeout: self.scheduler.connect_timeout.0,
+            peer_tls: self.tls
+                || (!wrun_proto::tls::is_loopback(&peer_host) && !self.insecure_plaintext),
             peer_host,
             sandbox: SandboxConfig {
                 cache_max_bytes: self.cache_size.0,
