@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod raw;
+
 /// The seed-tasks module (examples/seed-tasks), built by build.rs.
 pub const SEED_TASKS_WASM: &str = env!("WRUN_SEED_TASKS_WASM");
 /// The test-guests module (tests/guests), built by build.rs.
@@ -161,10 +163,21 @@ impl Procs {
 
     /// Starts `wrun ARGS`, output to `<dir>/<name>.log`.
     pub fn start(&mut self, name: &str, args: &[&str]) -> usize {
+        self.start_program(name, wrun_binary(), args)
+    }
+
+    /// Starts `PROGRAM ARGS` with the environment `start` gives `wrun`
+    /// (a test that wraps `wrun` in `sh -c "ulimit ...; exec wrun ..."`).
+    pub fn start_program(
+        &mut self,
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+    ) -> usize {
         use std::process::{Command, Stdio};
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(wrun_binary())
+        let child = Command::new(program)
             .args(args)
             .env("WRUN_CACHE_DIR", self.dir.join("cache"))
             .env("WRUN_LOG", "info")
@@ -231,4 +244,73 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut condition: impl 
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Asks a worker's peer port for results by id with no ticket, as someone
+/// who can reach the port but holds no secret would; returns each answer
+/// (an error's words, or "GOT n bytes").
+pub fn peer_fetch_without_ticket(address: &str, tasks: std::ops::Range<u64>) -> Vec<String> {
+    use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let stream = wrun_proto::connect_with_retry(address, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
+        let peer: wrun_proto::wrun_capnp::peer::Client = rpc.bootstrap(Side::Server);
+        tokio::task::spawn_local(rpc);
+        let mut answers = Vec::new();
+        for task in tasks {
+            let mut request = peer.fetch_request();
+            request.get().set_task(task);
+            request.get().set_offset(0);
+            answers.push(match request.send().promise.await {
+                Ok(response) => format!(
+                    "GOT {} bytes",
+                    response
+                        .get()
+                        .unwrap()
+                        .get_chunk()
+                        .unwrap()
+                        .get_data()
+                        .unwrap()
+                        .len()
+                ),
+                Err(error) => error.to_string(),
+            });
+        }
+        answers
+    })
+}
+
+/// A process's resident memory in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A process's CPU time so far (user + system), from /proc.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (11 and 12 after the name).
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

@@ -163,6 +163,9 @@ pub(crate) struct ServeArgs {
     /// Connections open at once; more are closed as they arrive.
     #[arg(long, env = "WRUN_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub(crate) max_connections: usize,
+    /// A connection that opens no session within this long is closed.
+    #[arg(long, env = "WRUN_HANDSHAKE_TIMEOUT", default_value_t = HumanDuration(ConnectionLimits::default().handshake))]
+    pub(crate) handshake_timeout: HumanDuration,
     /// Speak TLS even on loopback (off loopback it always does, unless
     /// --insecure-plaintext).
     #[arg(long, env = "WRUN_TLS", conflicts_with = "insecure_plaintext")]
@@ -202,7 +205,7 @@ impl ServeArgs {
             },
             connections: ConnectionLimits {
                 max_connections: self.max_connections.max(1),
-                ..ConnectionLimits::default()
+                handshake: self.handshake_timeout.0,
             },
             tls: match (self.tls, self.insecure_plaintext) {
                 (true, _) => TlsMode::Always,

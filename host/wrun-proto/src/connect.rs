@@ -152,9 +152,54 @@ impl WriteMeter {
         }
     }
 
-    /// An answer of `bytes` was produced.
-    pub fn produced(&self, bytes: u64) {
+    /// Waits for room as [`WriteMeter::wait_for_room`] does, then counts
+    /// `bytes` as produced at once, before the answer is made: calls that
+    /// wait on a third party (a worker holding the value) are bounded by
+    /// what they will produce, not only by what earlier ones did. Settle
+    /// the reservation with the answer's real size.
+    pub async fn reserve(
+        self: &Rc<Self>,
+        unsent: u64,
+        bytes: u64,
+        patience: std::time::Duration,
+    ) -> Option<Reservation> {
+        if !self.wait_for_room(unsent, patience).await {
+            return None;
+        }
         self.produced.set(self.produced.get() + bytes);
+        Some(Reservation {
+            meter: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes counted as produced before the answer was made; dropping it
+/// without [`Reservation::settle`] gives them back (the call failed).
+pub struct Reservation {
+    meter: Rc<WriteMeter>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// The answer came out at `bytes`: that many stay counted.
+    pub fn settle(mut self, bytes: u64) {
+        let meter = &self.meter;
+        meter
+            .produced
+            .set(meter.produced.get() - self.bytes + bytes);
+        self.bytes = 0;
+        meter.progress.notify_waiters();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let meter = &self.meter;
+            meter.produced.set(meter.produced.get() - self.bytes);
+            meter.progress.notify_waiters();
+        }
     }
 }
 
@@ -185,5 +230,30 @@ impl<W: futures::AsyncWrite + Unpin> futures::AsyncWrite for Metered<W> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reservations_count_before_the_answer_and_give_back_what_was_not_used() {
+        let meter = Rc::new(WriteMeter::default());
+        let patience = Duration::from_millis(20);
+        // Two reservations of 8 fill a room of 16; a third waits, then gives up.
+        let first = meter.reserve(16, 8, patience).await.unwrap();
+        let second = meter.reserve(16, 8, patience).await.unwrap();
+        assert!(meter.reserve(16, 8, patience).await.is_none());
+        // A failed call gives its bytes back; a settled one keeps its real size.
+        drop(second);
+        first.settle(3);
+        assert_eq!(meter.produced.get(), 3);
+        let third = meter.reserve(16, 8, patience).await.unwrap();
+        assert_eq!(meter.produced.get(), 11);
+        // What is written makes room again.
+        meter.written.set(11);
+        third.settle(8);
+        assert!(meter.reserve(16, 16, patience).await.is_some());
     }
 }

@@ -38,7 +38,8 @@ pub use capnp;
 pub use capnp_rpc;
 pub use chunks::{chunk_at, fetch_chunked};
 pub use connect::{
-    ConnectError, WriteMeter, connect_with_retry, reader_options, rpc_system, rpc_system_metered,
+    ConnectError, Reservation, WriteMeter, connect_with_retry, reader_options, rpc_system,
+    rpc_system_metered,
 };
 pub use ids::TaskKey;
 pub use scheduler_file::{SchedulerFile, new_secret, write_private_file};

@@ -62,21 +62,22 @@ impl ClientSessionImpl {
         Ok(InFlight(&self.in_flight))
     }
 
-    /// Waits until the client has read most of what it was sent.
-    async fn room_for_answer(&self) -> Result<(), capnp::Error> {
-        if self
-            .meter
-            .wait_for_room(MAX_UNSENT_BYTES, READ_PATIENCE)
+    /// Waits until the client has read most of what it was sent, then
+    /// reserves `bytes` for this answer: a client that stops reading has at
+    /// most [`MAX_UNSENT_BYTES`] of answers made or being made for it, however
+    /// many calls it sends (each fetch waits on a worker, and the worker's
+    /// link also carries its heartbeats).
+    async fn room_for_answer(&self, bytes: u64) -> Result<wrun_proto::Reservation, capnp::Error> {
+        self.meter
+            .reserve(MAX_UNSENT_BYTES, bytes, READ_PATIENCE)
             .await
-        {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "the client has not read {} of answers for {} s; not answering more",
-                wrun_abi::humanize_bytes(MAX_UNSENT_BYTES),
-                READ_PATIENCE.as_secs()
-            )))
-        }
+            .ok_or_else(|| {
+                failed(format!(
+                    "the client has not read {} of answers for {} s; not answering more",
+                    wrun_abi::humanize_bytes(MAX_UNSENT_BYTES),
+                    READ_PATIENCE.as_secs()
+                ))
+            })
     }
 }
 
@@ -199,7 +200,7 @@ impl client_session::Server for ClientSessionImpl {
         mut results: client_session::FetchResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.call()?;
-        self.room_for_answer().await?;
+        let room = self.room_for_answer(wrun_proto::CHUNK_BYTES as u64).await?;
         let params = params.get()?;
         let response = fetch::fetch_chunk(
             &self.shared,
@@ -210,7 +211,7 @@ impl client_session::Server for ClientSessionImpl {
         .await?;
         let chunk = response.get()?.get_chunk()?;
         let mut out = results.get().init_chunk();
-        self.meter.produced(chunk.get_data()?.len() as u64);
+        room.settle(chunk.get_data()?.len() as u64);
         out.set_data(chunk.get_data()?);
         out.set_total(chunk.get_total());
         Ok(())
@@ -222,10 +223,12 @@ impl client_session::Server for ClientSessionImpl {
         mut results: client_session::FetchManyResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.call()?;
-        self.room_for_answer().await?;
+        let room = self
+            .room_for_answer(fetch::MAX_FETCH_MANY_BYTES as u64)
+            .await?;
         let keys = keys_of(params.get()?.get_keys()?);
         let slots = fetch::fetch_many(&self.shared, self.client, &keys).await?;
-        self.meter.produced(
+        room.settle(
             slots
                 .iter()
                 .map(|s| match s {

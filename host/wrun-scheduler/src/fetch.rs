@@ -17,7 +17,7 @@ pub(crate) const MAX_FETCH_MANY: usize = 1 << 16;
 /// Most value bytes in one `fetchMany` answer; values past it come back as
 /// `large`, for the client to read in chunks (answers stay under the
 /// reader's message limit, whatever the number of workers).
-const MAX_FETCH_MANY_BYTES: usize = 8 << 20;
+pub(crate) const MAX_FETCH_MANY_BYTES: usize = 8 << 20;
 
 /// A worker's answer to a chunked fetch (the handler copies the chunk
 /// straight from it into its own answer).

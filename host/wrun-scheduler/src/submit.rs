@@ -614,4 +614,115 @@ mod tests {
         .unwrap_or_default();
         assert!(error.contains("unknown module digest"), "{error}");
     }
+
+    /// A submit message: `tasks` of (key, args as MessagePack, dependency
+    /// keys), all calling `add` of the test module.
+    /// A task of a fuzzed submission: key, literal arguments, result keys.
+    type FuzzTask = (u64, Vec<Vec<u8>>, Vec<u64>);
+
+    fn submit_message(digest: &ModuleDigest, tasks: &[FuzzTask]) -> Vec<u8> {
+        use wrun_proto::wrun_capnp::client_session::submit_params;
+        let mut message = capnp::message::Builder::new_default();
+        let root = message.init_root::<submit_params::Builder<'_>>();
+        let mut list = root.init_tasks(tasks.len() as u32);
+        for (i, (key, values, results)) in tasks.iter().enumerate() {
+            let mut t = list.reborrow().get(i as u32);
+            t.set_key(*key);
+            t.set_module(&digest.0);
+            t.set_task("add");
+            wrun_proto::limits::write(&TaskLimits::DEFAULT, t.reborrow().init_limits());
+            let mut args = t.init_args((values.len() + results.len()) as u32);
+            for (j, v) in values.iter().enumerate() {
+                args.reborrow().get(j as u32).set_value(v);
+            }
+            for (j, r) in results.iter().enumerate() {
+                args.reborrow()
+                    .get((values.len() + j) as u32)
+                    .set_result(*r);
+            }
+        }
+        capnp::serialize::write_message_to_words(&message)
+    }
+
+    /// Decodes and validates `bytes` as a submit message; a panic anywhere
+    /// fails the test, an error is the precise refusal a client gets.
+    fn decide(bytes: &[u8], modules: &ModuleRegistry) -> Result<usize, String> {
+        use wrun_proto::wrun_capnp::client_session::submit_params;
+        let mut slice = bytes;
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut slice,
+            wrun_proto::reader_options(),
+        )
+        .map_err(|e| e.to_string())?;
+        let root = message
+            .get_root::<submit_params::Reader<'_>>()
+            .map_err(|e| e.to_string())?;
+        let requests =
+            decode(root.get_tasks().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let accepted = validate(&requests, &operator(1), &HashMap::new(), modules, &mut 0)
+            .map_err(|e| e.to_string())?;
+        // Whatever got through is whole: one spec per request, each typed.
+        assert_eq!(accepted.specs.len(), requests.len());
+        for spec in &accepted.specs {
+            assert_eq!(spec.args.len(), 2);
+        }
+        Ok(accepted.specs.len())
+    }
+
+    #[test]
+    fn the_unmutated_message_is_accepted() {
+        let (modules, digest) = registry();
+        let tasks = vec![
+            (
+                1,
+                vec![vec![0x01], vec![0xd3, 0, 0, 0, 0, 0, 0, 0, 9]],
+                vec![],
+            ),
+            (2, vec![vec![0x02]], vec![1]),
+        ];
+        assert_eq!(decide(&submit_message(&digest, &tasks), &modules), Ok(2));
+    }
+
+    use proptest::prelude::Strategy;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random arguments, random byte overwrites, random truncation of a
+        /// submit message: decoding then deciding never panics, and what it
+        /// accepts is whole.
+        #[test]
+        fn mutated_submissions_are_refused_or_accepted_whole(
+            tasks in proptest::collection::vec(
+                (0u64..8,
+                 proptest::collection::vec(
+                     proptest::prop_oneof![
+                         // Valid integers most of the time, any bytes else.
+                         3 => (0u8..0x80).prop_map(|b| vec![b]),
+                         1 => proptest::prelude::any::<i64>().prop_map(|v| {
+                             let mut b = vec![0xd3];
+                             b.extend_from_slice(&v.to_be_bytes());
+                             b
+                         }),
+                         1 => proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+                     ],
+                     0..3),
+                 proptest::collection::vec(0u64..8, 0..2)),
+                0..6),
+            overwrites in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..4),
+            keep in proptest::prelude::any::<proptest::sample::Index>(),
+            truncate in proptest::prelude::any::<bool>(),
+        ) {
+            let (modules, digest) = registry();
+            let mut bytes = submit_message(&digest, &tasks);
+            for (at, byte) in overwrites {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if truncate {
+                bytes.truncate(keep.index(bytes.len()));
+            }
+            let _ = decide(&bytes, &modules);
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use wrun_abi::units::HumanDuration;
+use wrun_proto::capnp;
 use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
 use wrun_proto::wrun_capnp::cluster;
 
@@ -27,8 +28,13 @@ pub(crate) struct ShutdownCommand {
 
 impl ShutdownCommand {
     pub(crate) fn execute(self) -> CommandResult {
-        shutdown_cluster(&self.scheduler_file, self.exit_code, self.connect_timeout.0)
-            .map_err(Failure::unreachable)
+        shutdown_cluster(&self.scheduler_file, self.exit_code, self.connect_timeout.0).map_err(
+            |error| match error.downcast_ref::<capnp::Error>() {
+                // The scheduler answered, and refused.
+                Some(e) if e.kind == capnp::ErrorKind::Failed => Failure::input(error),
+                _ => Failure::unreachable(error),
+            },
+        )
     }
 }
 
