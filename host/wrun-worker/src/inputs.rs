@@ -161,6 +161,7 @@ fn array_header(n: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Strategy;
 
     #[test]
     fn array_headers_match_the_encoder() {
@@ -170,6 +171,113 @@ mod tests {
             let theirs =
                 wrun_abi::encode_value(&wrun_abi::Value::Array(vec![wrun_abi::Value::Nil; n]));
             assert_eq!(ours[..], theirs[..ours.len()], "{n}");
+        }
+    }
+
+    /// An input of a fuzzed assignment: a literal, a local or a remote id.
+    #[derive(Debug, Clone)]
+    enum FuzzInput {
+        Value(Vec<u8>),
+        Local(u64),
+        Remote(u64, String),
+    }
+
+    fn assignment_message(digest_len: usize, inputs: &[FuzzInput]) -> Vec<u8> {
+        let mut message = capnp::message::Builder::new_default();
+        let mut a = message.init_root::<assignment::Builder<'_>>();
+        a.set_task(7);
+        a.set_module(&vec![3u8; digest_len]);
+        a.set_name("add");
+        wrun_proto::limits::write(&TaskLimits::DEFAULT, a.reborrow().init_limits());
+        let mut list = a.init_inputs(inputs.len() as u32);
+        for (i, input) in inputs.iter().enumerate() {
+            let mut slot = list.reborrow().get(i as u32);
+            match input {
+                FuzzInput::Value(bytes) => slot.set_value(bytes),
+                FuzzInput::Local(id) => slot.set_local(*id),
+                FuzzInput::Remote(id, address) => {
+                    let mut remote = slot.init_remote();
+                    remote.set_task(*id);
+                    remote.set_address(address);
+                    remote.set_ticket(&[1; 32]);
+                }
+            }
+        }
+        capnp::serialize::write_message_to_words(&message)
+    }
+
+    /// Reads, decodes and assembles `bytes` as an assignment with nothing
+    /// held locally: a panic fails the test; an error is the task's failure.
+    fn prepare(bytes: &[u8]) -> Result<Job, String> {
+        let mut slice = bytes;
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut slice,
+            wrun_proto::reader_options(),
+        )
+        .map_err(|e| e.to_string())?;
+        let root = message
+            .get_root::<assignment::Reader<'_>>()
+            .map_err(|e| e.to_string())?;
+        let pending = Pending::decode(root).map_err(|(_, e)| e)?.into_owned();
+        let count = pending.inputs.len();
+        let job = pending.assemble(&ResultStore::default(), &HashMap::new())?;
+        // Only literals can be assembled here, each after the array header.
+        let mut header = Vec::new();
+        array_header(count, &mut header);
+        assert!(job.args.starts_with(&header));
+        Ok(job)
+    }
+
+    #[test]
+    fn an_assignment_of_literals_is_assembled_and_a_short_digest_refused() {
+        let inputs = [FuzzInput::Value(vec![1]), FuzzInput::Value(vec![2])];
+        assert_eq!(
+            prepare(&assignment_message(32, &inputs)).unwrap().args,
+            vec![0x92, 1, 2]
+        );
+        assert_eq!(
+            prepare(&assignment_message(31, &inputs)).err().unwrap(),
+            "the assignment's module digest is not 32 bytes"
+        );
+        assert_eq!(
+            prepare(&assignment_message(32, &[FuzzInput::Local(9)]))
+                .err()
+                .unwrap(),
+            "input t9 is not on this worker"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random inputs, byte overwrites and truncation of an assignment:
+        /// decoding and assembling never panic.
+        #[test]
+        fn mutated_assignments_fail_the_task_or_assemble(
+            digest_len in proptest::prop_oneof![9 => proptest::strategy::Just(32usize), 1 => 0usize..40],
+            inputs in proptest::collection::vec(
+                proptest::prop_oneof![
+                    3 => proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)
+                        .prop_map(FuzzInput::Value),
+                    1 => proptest::prelude::any::<u64>().prop_map(FuzzInput::Local),
+                    1 => (proptest::prelude::any::<u64>(), "[a-z0-9.:]{0,20}")
+                        .prop_map(|(id, a)| FuzzInput::Remote(id, a)),
+                ],
+                0..6),
+            overwrites in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+            keep in proptest::prelude::any::<proptest::sample::Index>(),
+            truncate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = assignment_message(digest_len, &inputs);
+            for (at, byte) in overwrites {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if truncate {
+                bytes.truncate(keep.index(bytes.len()));
+            }
+            let _ = prepare(&bytes);
         }
     }
 }
