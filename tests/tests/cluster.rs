@@ -581,6 +581,64 @@ fn a_silent_worker_is_removed_after_missed_heartbeats_and_its_tasks_run_elsewher
 }
 
 #[test]
+fn a_stall_of_the_scheduler_itself_removes_no_healthy_worker() {
+    let mut procs = Procs::new("scheduler-stall");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    let scheduler = procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    for name in ["a", "b"] {
+        procs.start(
+            &format!("worker-{name}"),
+            &[
+                "worker",
+                "--scheduler-file",
+                &file_arg,
+                "--name",
+                name,
+                "--no-nanny",
+            ],
+        );
+    }
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let before: Vec<u64> = workers(&client).into_iter().map(|w| w.id).collect();
+    let pid = procs.procs[scheduler].child.id().to_string();
+    let signal = |name: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    // The scheduler's own loop does not run for longer than the heartbeat
+    // time-out (3 s), as under a heavy load on the machine; the workers
+    // keep sending heartbeats, which wait unread. The length of the stall
+    // is the fault itself, so it is a fixed time.
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(4500));
+    signal("-CONT");
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    let futures = client
+        .map(
+            &module,
+            "inc",
+            (0..200).map(|i| vec![json!(i).into()]).collect(),
+        )
+        .unwrap();
+    let results = client.gather(&futures).unwrap();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i + 1), "result {i}");
+    }
+    let after: Vec<u64> = workers(&client).into_iter().map(|w| w.id).collect();
+    assert_eq!(before, after, "the same workers, none removed and rejoined");
+    let log = std::fs::read_to_string(&procs.procs[scheduler].log).unwrap();
+    assert!(!log.contains("missed its heartbeats"), "{log}");
+    assert!(log.contains("the scheduler's loop was stalled"), "{log}");
+}
+
+#[test]
 fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() {
     let mut procs = Procs::new("detach");
     let file = start_local(&mut procs, 2, &[]);

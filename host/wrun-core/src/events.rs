@@ -3,7 +3,7 @@
 //! results released, tasks cancelled, time passing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thin_vec::ThinVec;
 
@@ -132,6 +132,15 @@ impl<P> Core<P> {
     pub fn heartbeat(&mut self, worker: WorkerId, now: Instant) {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = w.last_seen.max(now);
+        }
+    }
+
+    /// The scheduler's own loop could not listen for `stall` (it was busy,
+    /// or the machine did not run it): heartbeats sent meanwhile are still
+    /// unread, so that time does not count against any worker.
+    pub fn loop_stalled(&mut self, stall: Duration, now: Instant) {
+        for w in self.workers.values_mut() {
+            w.last_seen = (w.last_seen + stall).min(now);
         }
     }
 

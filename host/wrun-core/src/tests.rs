@@ -363,6 +363,26 @@ fn silent_workers_are_removed_by_the_clock() {
     env.said();
 }
 
+#[test]
+fn a_stall_of_the_scheduler_s_own_loop_does_not_count_as_silence() {
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.worker(2, 1);
+    // The loop was stuck for 3.3 s: both workers' heartbeats wait unread.
+    let stuck_until = env.now + Duration::from_millis(3300);
+    env.core
+        .loop_stalled(Duration::from_millis(3300), stuck_until);
+    assert!(env.core.tick(stuck_until, &mut env.comm).is_empty());
+    // Afterwards, only worker 2 speaks: worker 1 is removed in due time.
+    env.core
+        .heartbeat(w(2), stuck_until + Duration::from_secs(2));
+    let removed = env
+        .core
+        .tick(stuck_until + Duration::from_millis(3500), &mut env.comm);
+    assert_eq!(removed, vec![w(1)]);
+    env.said();
+}
+
 // ---- random event sequences ----
 
 #[derive(Debug, Clone)]

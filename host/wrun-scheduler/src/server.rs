@@ -268,6 +268,8 @@ pub fn run_scheduler(
 
 /// How often the core's clock ticks (heartbeat time-outs are judged then).
 const TICK: Duration = Duration::from_millis(500);
+/// How late a tick may be before the loop counts as stalled.
+const TICK_SLACK: Duration = Duration::from_millis(250);
 
 /// What the serving thread starts from.
 struct Setup {
@@ -302,6 +304,10 @@ async fn serve(
         None => None,
     };
     let mut tick = tokio::time::interval(TICK);
+    // Ticks that come late skip, rather than burst: a late tick measures
+    // the stall of this loop (below).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = &mut stop => break None,
@@ -328,6 +334,16 @@ async fn serve(
                 flush(&shared);
             }
             _ = tick.tick() => {
+                let now = Instant::now();
+                let stall = now.saturating_duration_since(last_tick).saturating_sub(TICK + TICK_SLACK);
+                last_tick = now;
+                if !stall.is_zero() {
+                    // This loop did not run for a while (a long call, or the
+                    // machine did not schedule it): heartbeats may wait
+                    // unread, so the stall is not the workers' silence.
+                    warn!(stall_ms = stall.as_millis() as u64, "the scheduler's loop was stalled; not counted against workers' heartbeats");
+                    shared.borrow_mut().core.loop_stalled(stall, now);
+                }
                 remove_silent_workers(&shared);
                 let dropped = shared.borrow_mut().modules.drop_stale_uploads(Instant::now());
                 if dropped > 0 {
