@@ -177,6 +177,13 @@ struct Assignment {
   name @2 :Text;
   inputs @3 :List(Input);
   limits @4 :Limits;
+  # Whose task it is, for the worker's own fair queue: a number the
+  # scheduler gives each tenant (never its name or token) and the tenant's
+  # weight. A worker runs its queued tasks in weighted turns by tenant, so
+  # a tenant that floods the queue does not make another one's task wait
+  # behind all of its own.
+  tenant @5 :UInt32;
+  weight @6 :UInt32;
 }
 
 struct WorkerEvent {

@@ -14,6 +14,11 @@ use wrun_tests::{
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Held by each test's cluster: the tests here measure latency and shares
+/// of slots, which mean nothing while another test's cluster competes for
+/// the machine's two cores, so they run one at a time.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A cluster with a tenants file: the operator's scheduler file, the
 /// tenants' file (no secret), and tenants made with `wrun tenant add`.
 struct Shared {
@@ -21,16 +26,24 @@ struct Shared {
     tenants: PathBuf,
     operator_file: PathBuf,
     client_file: PathBuf,
+    /// Last, so it is released after the processes are gone.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Shared {
     fn new(test: &str) -> Shared {
+        // A test that failed while holding it poisoned it; the next one
+        // still runs alone.
+        let alone = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let procs = Procs::new(test);
         Shared {
             tenants: procs.path("tenants.toml"),
             operator_file: procs.path("scheduler.json"),
             client_file: procs.path("cluster.json"),
             procs,
+            _alone: alone,
         }
     }
 
@@ -436,6 +449,15 @@ fn quotas_give_errors_that_name_them_and_a_capped_tenant_does_not_slow_the_other
             .is_ok()
     });
 
+    // The other tenant's module is compiled on the worker before the
+    // measurement: what is measured is waiting for a slot, not compiling.
+    let other_client = cluster.tenant(&other);
+    let seed = other_client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    let warm = other_client
+        .submit(&seed, "add", vec![json!(1).into(), json!(2).into()])
+        .unwrap();
+    other_client.wait(&[warm]).unwrap();
+
     // At its slot quota (1), the small tenant's slow tasks take one of the
     // two threads; the other tenant is served at once on the other.
     let slow = client
@@ -450,8 +472,6 @@ fn quotas_give_errors_that_name_them_and_a_capped_tenant_does_not_slow_the_other
     wait_until("a slow task to run", LONG, || {
         client.status().unwrap().tasks.running == 1
     });
-    let other_client = cluster.tenant(&other);
-    let seed = other_client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
     // Three small tasks of the other tenant, one after another, finish
     // while the small tenant's six half-second tasks still run on its one
     // slot: had they waited behind them, they would take 1.5 s at least.
@@ -545,8 +565,9 @@ fn a_flood_from_one_tenant_does_not_slow_another_s_small_task_much() {
     let alone = latency(40);
     // 10,000 tiny tasks a second from the flooder, from another thread.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flood = {
-        let stop = stop.clone();
+        let (stop, batches) = (stop.clone(), batches.clone());
         let f = cluster.tenant(&flooder);
         std::thread::spawn(move || {
             let module = f.upload(&read_module(SEED_TASKS_WASM)).unwrap();
@@ -561,6 +582,7 @@ fn a_flood_from_one_tenant_does_not_slow_another_s_small_task_much() {
                     )
                     .unwrap();
                 sent += 1000;
+                batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 drop(batch);
                 let due = started + Duration::from_millis(sent / 10);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -570,7 +592,10 @@ fn a_flood_from_one_tenant_does_not_slow_another_s_small_task_much() {
             sent as f64 / started.elapsed().as_secs_f64()
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Measure once the flood is in full swing (a few batches in).
+    wait_until("the flood to be under way", LONG, || {
+        batches.load(std::sync::atomic::Ordering::Relaxed) >= 3
+    });
     let flooded = latency(40);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rate = flood.join().unwrap();

@@ -65,6 +65,14 @@ impl<P> Core<P> {
         self.schedule(comm);
     }
 
+    /// A tenant's weight and slot quota (the defaults for one never set).
+    pub fn tenant_share(&self, tenant: TenantId) -> TenantShare {
+        self.tenants
+            .get(&tenant)
+            .map(|t| t.share)
+            .unwrap_or_default()
+    }
+
     /// What a tenant uses now.
     pub fn tenant_usage(&self, tenant: TenantId) -> TenantUsage {
         self.tenants

@@ -9,7 +9,7 @@ use wrun_abi::{ModuleDigest, TaskLimits};
 use wrun_proto::TaskId;
 use wrun_proto::wrun_capnp::{assignment, input};
 
-use crate::queue::Job;
+use crate::queue::{Job, Share};
 use crate::state::ResultStore;
 
 pub(crate) enum PendingInput<'a> {
@@ -34,6 +34,7 @@ pub(crate) struct Pending<'a> {
     pub(crate) name: String,
     pub(crate) inputs: Vec<PendingInput<'a>>,
     pub(crate) limits: TaskLimits,
+    pub(crate) share: Share,
 }
 
 impl<'a> Pending<'a> {
@@ -76,6 +77,10 @@ impl<'a> Pending<'a> {
                 .map_err(bad)?,
             inputs,
             limits: wrun_proto::limits::read(a.get_limits().map_err(bad)?),
+            share: Share {
+                tenant: a.get_tenant(),
+                weight: a.get_weight().max(1),
+            },
         })
     }
 
@@ -105,6 +110,7 @@ impl<'a> Pending<'a> {
                 })
                 .collect(),
             limits: self.limits,
+            share: self.share,
         }
     }
 
@@ -141,6 +147,7 @@ impl<'a> Pending<'a> {
             name: self.name,
             args,
             limits: self.limits,
+            share: self.share,
         })
     }
 }

@@ -2,8 +2,14 @@
 //! to run, the cancel flags of the running ones, and the assignments still
 //! being prepared (module or inputs on their way). One lock guards all
 //! three, so a cancel finds a task in exactly one of them.
+//!
+//! Ready tasks wait in one queue per tenant and are taken in weighted turns
+//! (stride scheduling): the scheduler keeps up to `queue_per_slot` tasks
+//! queued on each worker, and with one FIFO a tenant that floods the
+//! cluster would put a hundred tasks ahead of another tenant's single one.
+//! Here that one waits for at most the tasks already running.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -17,6 +23,102 @@ pub(crate) struct Job {
     pub(crate) name: String,
     pub(crate) args: Vec<u8>,
     pub(crate) limits: TaskLimits,
+    pub(crate) share: Share,
+}
+
+/// Whose turn a job waits for: its tenant's number (from the scheduler)
+/// and the tenant's weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub(crate) tenant: u32,
+    pub(crate) weight: u32,
+}
+
+/// The pass a tenant's turn advances by, divided by its weight.
+const STRIDE: u64 = 1 << 20;
+
+/// One tenant's queued jobs and its place in the turns.
+struct TenantQueue {
+    jobs: VecDeque<Job>,
+    /// Where its next turn falls: the tenant with the lowest pass goes next.
+    pass: u64,
+}
+
+/// The ready jobs of every tenant, taken in weighted turns.
+#[derive(Default)]
+struct FairQueue {
+    /// Tenants with queued jobs.
+    tenants: BTreeMap<u32, TenantQueue>,
+    /// The passes of tenants whose queue ran empty, so that one that
+    /// refills at once does not start a turn early (one task at a time
+    /// must not starve the others).
+    idle: HashMap<u32, u64>,
+    /// The pass of the last turn taken. A tenant that was idle starts at
+    /// its own pass or here, whichever is later: it saves no credit while
+    /// idle, and it does not wait behind the turns the others already had.
+    now: u64,
+    len: usize,
+}
+
+impl FairQueue {
+    fn push(&mut self, job: Job) {
+        let tenant = job.share.tenant;
+        let queue = match self.tenants.entry(tenant) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let pass = self.idle.remove(&tenant).unwrap_or(0).max(self.now);
+                e.insert(TenantQueue {
+                    jobs: VecDeque::new(),
+                    pass,
+                })
+            }
+        };
+        queue.jobs.push_back(job);
+        self.len += 1;
+    }
+
+    /// The next job: the front of the queue of the tenant with the lowest
+    /// pass (ties to the lower number).
+    fn pop(&mut self) -> Option<Job> {
+        let (&tenant, _) = self.tenants.iter().min_by_key(|(_, q)| q.pass)?;
+        let queue = self.tenants.get_mut(&tenant).expect("just found");
+        let job = queue
+            .jobs
+            .pop_front()
+            .expect("only non-empty queues are kept");
+        self.now = queue.pass;
+        queue.pass += STRIDE / u64::from(job.share.weight.max(1));
+        if queue.jobs.is_empty() {
+            let pass = queue.pass;
+            self.tenants.remove(&tenant);
+            self.idle.insert(tenant, pass);
+        }
+        self.len -= 1;
+        Some(job)
+    }
+
+    /// Takes out the queued job of `task`, if it is queued.
+    fn remove(&mut self, task: TaskId) -> bool {
+        let found = self.tenants.iter_mut().find_map(|(tenant, queue)| {
+            let at = queue.jobs.iter().position(|job| job.task == task)?;
+            queue.jobs.remove(at);
+            Some((*tenant, queue.jobs.is_empty()))
+        });
+        match found {
+            Some((tenant, emptied)) => {
+                if emptied && let Some(queue) = self.tenants.remove(&tenant) {
+                    self.idle.insert(tenant, queue.pass);
+                }
+                self.len -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// What a cancel found.
@@ -34,7 +136,7 @@ pub(crate) enum Cancelled {
 
 #[derive(Default)]
 struct Inner {
-    queued: VecDeque<Job>,
+    queued: FairQueue,
     running: HashMap<TaskId, Arc<AtomicBool>>,
     /// Assignments being prepared, and whether a cancel came meanwhile.
     preparing: HashMap<TaskId, bool>,
@@ -69,7 +171,7 @@ impl TaskQueue {
         if inner.preparing.remove(&job.task) == Some(true) {
             return false;
         }
-        inner.queued.push_back(job);
+        inner.queued.push(job);
         drop(inner);
         self.ready.notify_one();
         true
@@ -82,7 +184,7 @@ impl TaskQueue {
             if inner.stopped {
                 return None;
             }
-            if let Some(job) = inner.queued.pop_front() {
+            if let Some(job) = inner.queued.pop() {
                 let cancel = Arc::new(AtomicBool::new(false));
                 inner.running.insert(job.task, cancel.clone());
                 return Some((job, cancel));
@@ -101,8 +203,7 @@ impl TaskQueue {
 
     pub(crate) fn cancel(&self, task: TaskId) -> Cancelled {
         let mut inner = self.lock();
-        if let Some(position) = inner.queued.iter().position(|job| job.task == task) {
-            inner.queued.remove(position);
+        if inner.queued.remove(task) {
             Cancelled::Dequeued
         } else if let Some(flag) = inner.running.get(&task) {
             flag.store(true, Ordering::Relaxed);
@@ -117,14 +218,7 @@ impl TaskQueue {
 
     /// Gives back a task that has not started: `true` if it was queued.
     pub(crate) fn steal(&self, task: TaskId) -> bool {
-        let mut inner = self.lock();
-        match inner.queued.iter().position(|job| job.task == task) {
-            Some(position) => {
-                inner.queued.remove(position);
-                true
-            }
-            None => false,
-        }
+        self.lock().queued.remove(task)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -143,13 +237,96 @@ mod tests {
     use super::*;
 
     fn job(task: u64) -> Job {
+        job_of(task, 0, 1)
+    }
+
+    fn job_of(task: u64, tenant: u32, weight: u32) -> Job {
         Job {
             task: TaskId(task),
             digest: ModuleDigest([0; 32]),
             name: "t".into(),
             args: Vec::new(),
             limits: TaskLimits::DEFAULT,
+            share: Share { tenant, weight },
         }
+    }
+
+    /// The tasks in the order the executors take them.
+    fn drain(queue: &TaskQueue) -> Vec<u64> {
+        let mut order = Vec::new();
+        while !queue.is_empty() {
+            let (job, _) = queue.take().unwrap();
+            queue.finished(job.task);
+            order.push(job.task.0);
+        }
+        order
+    }
+
+    #[test]
+    fn one_tenant_s_tasks_run_in_the_order_they_came() {
+        let queue = TaskQueue::default();
+        for t in [5, 3, 9, 1] {
+            queue.push(job(t));
+        }
+        assert_eq!(drain(&queue), [5, 3, 9, 1]);
+    }
+
+    #[test]
+    fn a_task_that_arrives_behind_a_flood_runs_next() {
+        let queue = TaskQueue::default();
+        for t in 0..100 {
+            queue.push(job_of(t, 1, 1));
+        }
+        // Two of the flood have run; then the quiet tenant's task comes.
+        let (first, _) = queue.take().unwrap();
+        let (second, _) = queue.take().unwrap();
+        assert_eq!((first.task.0, second.task.0), (0, 1));
+        queue.push(job_of(1000, 2, 1));
+        let (next, _) = queue.take().unwrap();
+        assert_eq!(next.task.0, 1000);
+        // And the flood goes on in its own order.
+        assert_eq!(drain(&queue), (2..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn tenants_with_queued_work_take_turns_by_weight() {
+        let queue = TaskQueue::default();
+        for t in 0..40 {
+            queue.push(job_of(t, 1, 1));
+            queue.push(job_of(100 + t, 2, 3));
+        }
+        let first: Vec<u64> = drain(&queue).into_iter().take(40).collect();
+        let heavy = first.iter().filter(|t| **t >= 100).count();
+        assert_eq!((heavy, 40 - heavy), (30, 10), "{first:?}");
+    }
+
+    #[test]
+    fn an_idle_tenant_does_not_save_up_turns() {
+        let queue = TaskQueue::default();
+        // Tenant 1 had many turns alone; then tenant 2 and 1 both queue.
+        for t in 0..50 {
+            queue.push(job_of(t, 1, 1));
+        }
+        assert_eq!(drain(&queue).len(), 50);
+        queue.push(job_of(100, 2, 1));
+        queue.push(job_of(101, 2, 1));
+        queue.push(job_of(200, 1, 1));
+        queue.push(job_of(201, 1, 1));
+        // Tenant 2 came after tenant 1's last turn: they alternate, and 2
+        // does not get 50 turns in a row for tenant 1's past ones.
+        assert_eq!(drain(&queue), [100, 200, 101, 201]);
+    }
+
+    #[test]
+    fn cancel_and_steal_find_a_queued_task_of_any_tenant() {
+        let queue = TaskQueue::default();
+        queue.push(job_of(1, 1, 1));
+        queue.push(job_of(2, 2, 1));
+        queue.push(job_of(3, 2, 1));
+        assert_eq!(queue.cancel(TaskId(3)), Cancelled::Dequeued);
+        assert!(queue.steal(TaskId(1)));
+        assert!(!queue.steal(TaskId(1)));
+        assert_eq!(drain(&queue), [2]);
     }
 
     #[test]
