@@ -246,6 +246,24 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut condition: impl 
     }
 }
 
+/// Runs `work` on its own thread and returns what it returns, failing the
+/// test if it takes longer than `timeout`: for calls that would otherwise
+/// wait forever when the behaviour under test regresses.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    timeout: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match result.recv_timeout(timeout) {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
 /// Asks a worker's peer port for results by id with no ticket, as someone
 /// who can reach the port but holds no secret would; returns each answer
 /// (an error's words, or "GOT n bytes").

@@ -10,7 +10,7 @@ use serde_json::json;
 use wrun_client::{Client, Module};
 use wrun_local::{EmbeddedCluster, EmbeddedConfig};
 use wrun_sandbox::SandboxConfig;
-use wrun_tests::{SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module};
+use wrun_tests::{SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, within};
 use wrun_worker::Departure;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -192,4 +192,113 @@ fn cancelling_a_task_that_sleeps_in_the_host_frees_its_thread() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn tasks_with_large_literals_that_become_ready_together_reach_the_worker_in_messages_that_fit() {
+    let cluster = cluster(1);
+    let client = cluster.client().unwrap();
+    let module = seed(&client);
+    let before: Vec<u64> = client
+        .status()
+        .unwrap()
+        .workers
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    // The one thread is busy, the dependency waits behind it, and six
+    // tasks with 6 MiB literals wait on the dependency: they become ready
+    // at once, 36 MiB for one worker, more than one message may carry.
+    let busy = client
+        .submit(&module, "spin", vec![json!(300_000).into()])
+        .unwrap();
+    let dependency = client
+        .submit(
+            &module,
+            "produce",
+            vec![json!(1000).into(), json!(1).into()],
+        )
+        .unwrap();
+    let literal = json!("x".repeat(6 << 20));
+    let consumers: Vec<_> = (0..6)
+        .map(|_| {
+            client
+                .submit(
+                    &module,
+                    "consume",
+                    vec![literal.clone().into(), (&dependency).into()],
+                )
+                .unwrap()
+        })
+        .collect();
+    // Before the batches were split, the worker was dropped and the batch
+    // sent again for ever: bound the wait so that would fail, not hang.
+    let (client, results) = within("the six consumers", Duration::from_secs(60), move || {
+        let results = client.gather(&consumers).unwrap();
+        (client, results)
+    });
+    for result in results {
+        assert_eq!(result.unwrap(), json!((6 << 20) + 1000));
+    }
+    client.wait(&[busy]).unwrap();
+    let status = client.status().unwrap();
+    let after: Vec<u64> = status.workers.iter().map(|w| w.id).collect();
+    assert_eq!(before, after, "the worker was never dropped: {status:?}");
+    assert_eq!(status.recomputed, 0, "{status:?}");
+    // A task whose own literals cannot fit one message is refused, by name.
+    let error = client
+        .submit(
+            &module,
+            "consume",
+            vec![literal.clone().into(), json!("y".repeat(7 << 20)).into()],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("one task carries at most 12582912 bytes of them"),
+        "{error}"
+    );
+}
+
+#[test]
+fn captured_output_larger_than_a_message_is_refused_and_large_output_arrives_whole() {
+    let cluster = cluster(1);
+    let mut client = cluster.client().unwrap();
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let with_stdout = |bytes: u64| wrun_client::TaskOptions {
+        limits: wrun_client::TaskLimits {
+            stdout_bytes: bytes,
+            ..wrun_client::TaskLimits::DEFAULT
+        },
+        retries: 0,
+    };
+    client.set_options(with_stdout(18 << 20));
+    let error = client
+        .submit(&module, "flood_stdout", vec![json!(18).into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(
+            "a stdout capture limit of 18 MiB cannot travel in one message (at most 4 MiB)"
+        ),
+        "{error}"
+    );
+    // Six tasks that each print their whole 4 MiB allowance: the worker's
+    // events are split to fit, and every log comes back whole.
+    client.set_options(with_stdout(4 << 20));
+    let futures = client
+        .map(
+            &module,
+            "flood_stdout",
+            (0..6).map(|_| vec![json!(4).into()]).collect(),
+        )
+        .unwrap();
+    for result in client.gather(&futures).unwrap() {
+        assert_eq!(result.unwrap(), json!(4 << 20));
+    }
+    for future in &futures {
+        let (stdout, _) = client.logs(future).unwrap();
+        assert_eq!(stdout.len(), 4 << 20);
+    }
+    assert_eq!(client.status().unwrap().workers.len(), 1);
 }

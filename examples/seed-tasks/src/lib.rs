@@ -108,6 +108,11 @@ impl<'de> wrun_guest::serde::Deserialize<'de> for Blob {
             fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Blob, E> {
                 Ok(Blob(bytes.to_vec()))
             }
+            // Text given where a blob is expected (a literal from the shell
+            // or the client library) is taken as its UTF-8 bytes.
+            fn visit_str<E>(self, text: &str) -> Result<Blob, E> {
+                Ok(Blob(text.as_bytes().to_vec()))
+            }
             fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> Result<Blob, E> {
                 Ok(Blob(bytes))
             }

@@ -145,6 +145,21 @@ impl Client {
                 ArgRef::Key(key) => SubmitArg::Result(*key),
             });
         }
+        let literal_bytes: usize = encoded
+            .iter()
+            .map(|a| match a {
+                SubmitArg::Value(bytes) => bytes.len(),
+                SubmitArg::Result(_) => 0,
+            })
+            .sum();
+        if literal_bytes as u64 > wrun_proto::MAX_TASK_LITERAL_BYTES {
+            return Err(ClientError::Refused(format!(
+                "the arguments of task `{task}` passed inline are {literal_bytes} bytes together; \
+                 one task carries at most {} bytes of them: produce large inputs with a task \
+                 and pass its future instead",
+                wrun_proto::MAX_TASK_LITERAL_BYTES
+            )));
+        }
         Ok(Submission {
             key,
             module: module.digest,

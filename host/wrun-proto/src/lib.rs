@@ -56,6 +56,20 @@ pub const CHUNK_BYTES: usize = wrun_capnp::CHUNK_BYTES as usize;
 pub const MAX_MESSAGE_WORDS: usize = 2 << 20;
 /// Largest whole value assembled from chunks (a task result or module).
 pub const MAX_VALUE_BYTES: u64 = 4 << 30;
+/// The most bytes of literal arguments one task may carry. Its assignment
+/// to a worker is one message, so this leaves room under
+/// [`MAX_MESSAGE_WORDS`] for the rest of it; the scheduler's batches to a
+/// worker are split so that each stays under the limit too.
+pub const MAX_TASK_LITERAL_BYTES: u64 = 12 << 20;
+/// The most captured stdout (and, apart, stderr) a task may ask to keep:
+/// its `finished` event and a `logs` answer carry both in one message.
+pub const MAX_CAPTURED_BYTES: u64 = 4 << 20;
+/// The bytes of one batch of run assignments, events or task lists a
+/// sender aims at: half the reader's limit. A batch closes before the item
+/// that would take it past this; an item larger than this on its own (at
+/// most [`MAX_TASK_LITERAL_BYTES`] or twice [`MAX_CAPTURED_BYTES`] and a
+/// little) travels alone, still under the limit.
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// Turns any displayable error into a capnp error for the caller.
 pub fn failed(error: impl std::fmt::Display) -> capnp::Error {

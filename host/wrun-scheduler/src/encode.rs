@@ -1,7 +1,9 @@
 //! Sending what the core decided: [`flush`] empties the [`Outbox`] into one
 //! batched call per worker and kind (run, steal, cancel, free, replicate)
 //! and one events call per client, so a map of 100,000 tasks is a handful
-//! of messages, not 100,000.
+//! of messages, not 100,000. Each batch is split by size
+//! ([`split_by_size`]) so that no message exceeds what its reader accepts:
+//! an oversized message would cost the connection, and with it the worker.
 
 use std::time::Duration;
 
@@ -51,36 +53,84 @@ fn send_runs(state: &State, outbox: &Outbox) {
             .iter()
             .filter_map(|(task, inputs)| state.core.spec(*task).map(|spec| (spec, inputs)))
             .collect();
-        let mut request = conn.control.run_request();
-        let mut list = request.get().init_tasks(tasks.len() as u32);
-        for (i, (spec, inputs)) in tasks.iter().enumerate() {
-            let template = &spec.payload.template;
-            let mut a = list.reborrow().get(i as u32);
-            a.set_task(spec.id.0);
-            a.set_module(&template.module.digest.0);
-            a.set_name(&template.name);
-            wrun_proto::limits::write(&template.limits, a.reborrow().init_limits());
-            let mut wire_inputs = a.init_inputs(spec.args.len() as u32);
-            for (j, arg) in spec.args.iter().enumerate() {
-                let mut input = wire_inputs.reborrow().get(j as u32);
-                match arg {
-                    Arg::Value(bytes) => input.set_value(bytes),
-                    Arg::Result(dep) => {
-                        let holder = holder_of(inputs, *dep).unwrap_or(*worker);
-                        if holder == *worker {
-                            input.set_local(dep.0);
-                        } else {
-                            let mut remote = input.init_remote();
-                            remote.set_task(dep.0);
-                            remote.set_address(state.peer_address(holder));
-                            remote.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *dep));
-                            remote.set_certificate(state.peer_certificate(holder));
-                        }
-                    }
+        for batch in split_by_size(&tasks, |(spec, _)| assignment_size(spec)) {
+            let mut request = conn.control.run_request();
+            let mut list = request.get().init_tasks(batch.len() as u32);
+            for (i, (spec, inputs)) in batch.iter().enumerate() {
+                write_assignment(state, *worker, spec, inputs, list.reborrow().get(i as u32));
+            }
+            spawn_call(format!("run on {worker}"), request.send().promise);
+        }
+    }
+}
+
+/// Roughly the bytes an assignment takes in a message: its literals, and
+/// for each input a peer's address, ticket and certificate at most.
+fn assignment_size(spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
+    128 + spec.payload.template.name.len()
+        + spec
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Value(bytes) => 16 + bytes.len(),
+                Arg::Result(_) => 2048,
+            })
+            .sum::<usize>()
+}
+
+/// Consecutive runs of `items` of at most [`wrun_proto::BATCH_BYTES`]
+/// each (by `size`), so that no message the scheduler builds exceeds what
+/// its reader accepts; an item larger than that goes alone (submission
+/// bounds each task's literals well under the reader's limit).
+pub(crate) fn split_by_size<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let item_bytes = size(item);
+        if i > start && bytes + item_bytes > wrun_proto::BATCH_BYTES {
+            batches.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += item_bytes;
+    }
+    if start < items.len() {
+        batches.push(&items[start..]);
+    }
+    batches
+}
+
+fn write_assignment(
+    state: &State,
+    worker: WorkerId,
+    spec: &wrun_core::TaskSpec<crate::state::Payload>,
+    inputs: &[(TaskId, WorkerId)],
+    mut a: wrun_proto::wrun_capnp::assignment::Builder<'_>,
+) {
+    let template = &spec.payload.template;
+    a.set_task(spec.id.0);
+    a.set_module(&template.module.digest.0);
+    a.set_name(&template.name);
+    wrun_proto::limits::write(&template.limits, a.reborrow().init_limits());
+    a.set_tenant(spec.tenant.0);
+    a.set_weight(state.core.tenant_share(spec.tenant).weight);
+    let mut wire_inputs = a.init_inputs(spec.args.len() as u32);
+    for (j, arg) in spec.args.iter().enumerate() {
+        let mut input = wire_inputs.reborrow().get(j as u32);
+        match arg {
+            Arg::Value(bytes) => input.set_value(bytes),
+            Arg::Result(dep) => {
+                let holder = holder_of(inputs, *dep).unwrap_or(worker);
+                if holder == worker {
+                    input.set_local(dep.0);
+                } else {
+                    let mut remote = input.init_remote();
+                    remote.set_task(dep.0);
+                    remote.set_address(state.peer_address(holder));
+                    remote.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *dep));
+                    remote.set_certificate(state.peer_certificate(holder));
                 }
             }
         }
-        spawn_call(format!("run on {worker}"), request.send().promise);
     }
 }
 
@@ -104,12 +154,14 @@ fn send_task_list(
 ) {
     macro_rules! send {
         ($request:expr, $what:literal) => {{
-            let mut request = $request;
-            let mut list = request.get().init_tasks(tasks.len() as u32);
-            for (i, t) in tasks.iter().enumerate() {
-                list.set(i as u32, t.0);
+            for tasks in split_by_size(tasks, |_| 8) {
+                let mut request = $request;
+                let mut list = request.get().init_tasks(tasks.len() as u32);
+                for (i, t) in tasks.iter().enumerate() {
+                    list.set(i as u32, t.0);
+                }
+                spawn_call(format!("{} {worker}", $what), request.send().promise);
             }
-            spawn_call(format!("{} {worker}", $what), request.send().promise);
         }};
     }
     match call {
@@ -142,31 +194,45 @@ fn send_client_events(state: &State, outbox: &Outbox) {
         let Some(conn) = state.clients.get(client) else {
             continue;
         };
-        let mut request = conn.listener.events_request();
-        let mut list = request.get().init_events(events.len() as u32);
-        for (i, (task, event)) in events.iter().enumerate() {
-            let mut e = list.reborrow().get(i as u32);
-            e.set_key(
-                state
-                    .core
-                    .spec(*task)
-                    .map(|spec| spec.payload.key.0)
-                    .unwrap_or(u64::MAX),
-            );
-            match event {
-                ClientEvent::Done(size) => e.set_done(*size),
-                ClientEvent::Failed(kind, message) => {
-                    let mut f = e.init_failed();
-                    f.set_kind(kind);
-                    f.set_message(message);
-                }
+        for batch in split_by_size(events, |(_, event)| match event {
+            ClientEvent::Done(_) => 32,
+            ClientEvent::Failed(kind, message) => 64 + kind.len() + message.len(),
+        }) {
+            send_client_batch(state, *client, &conn.listener, batch);
+        }
+    }
+}
+
+fn send_client_batch(
+    state: &State,
+    client: wrun_core::ClientId,
+    listener: &wrun_proto::wrun_capnp::task_listener::Client,
+    events: &[(TaskId, ClientEvent)],
+) {
+    let mut request = listener.events_request();
+    let mut list = request.get().init_events(events.len() as u32);
+    for (i, (task, event)) in events.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_key(
+            state
+                .core
+                .spec(*task)
+                .map(|spec| spec.payload.key.0)
+                .unwrap_or(u64::MAX),
+        );
+        match event {
+            ClientEvent::Done(size) => e.set_done(*size),
+            ClientEvent::Failed(kind, message) => {
+                let mut f = e.init_failed();
+                f.set_kind(kind);
+                f.set_message(message);
             }
         }
-        spawn_call(
-            format!("events to client {}", client.0),
-            request.send().promise,
-        );
     }
+    spawn_call(
+        format!("events to client {}", client.0),
+        request.send().promise,
+    );
 }
 
 /// How long the scheduler waits for a worker to answer a fetch. A worker
@@ -197,4 +263,32 @@ pub(crate) fn spawn_call<T: 'static>(
             debug!("{what}: {error}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_size;
+
+    #[test]
+    fn batches_are_split_by_size_and_an_oversized_item_goes_alone() {
+        let budget = wrun_proto::BATCH_BYTES;
+        let sizes = [budget / 2, budget / 2, 1, budget + 5, 3, 4];
+        let batches: Vec<Vec<usize>> = split_by_size(&sizes, |s| *s)
+            .into_iter()
+            .map(<[usize]>::to_vec)
+            .collect();
+        assert_eq!(
+            batches,
+            vec![
+                vec![budget / 2, budget / 2],
+                vec![1],
+                vec![budget + 5],
+                vec![3, 4]
+            ]
+        );
+        assert!(split_by_size(&[] as &[usize], |s| *s).is_empty());
+        // Small items: all in one batch, in order.
+        let small: Vec<usize> = (0..1000).collect();
+        assert_eq!(split_by_size(&small, |_| 8), vec![&small[..]]);
+    }
 }

@@ -112,6 +112,14 @@ pub(crate) enum SubmitError {
         cap: String,
         name: &'static str,
     },
+    #[error("task {key}: {what} of {asked} cannot travel in one message (at most {cap}); {hint}")]
+    TooLargeForAMessage {
+        key: TaskKey,
+        what: &'static str,
+        asked: String,
+        cap: String,
+        hint: &'static str,
+    },
     #[error(
         "tenant `{tenant}` has {pending} task(s) pending; {more} more would exceed its quota of {quota} (max_pending)"
     )]
@@ -198,6 +206,20 @@ impl Submitter<'_> {
                 },
             });
         }
+        for (what, asked) in [
+            ("a stdout capture limit", limits.stdout_bytes),
+            ("a stderr capture limit", limits.stderr_bytes),
+        ] {
+            if asked > wrun_proto::MAX_CAPTURED_BYTES {
+                return Err(SubmitError::TooLargeForAMessage {
+                    key,
+                    what,
+                    asked: humanize_bytes(asked),
+                    cap: humanize_bytes(wrun_proto::MAX_CAPTURED_BYTES),
+                    hint: "write large output as the task's result",
+                });
+            }
+        }
         let tenant_timeout = self.record.and_then(|t| t.quotas.max_timeout).map(|t| t.0);
         if limits.timeout > cap.timeout {
             let by_tenant = tenant_timeout.is_some_and(|t| t == cap.timeout);
@@ -271,6 +293,23 @@ pub(crate) fn validate(
                 signature: signature.to_string(),
                 expected: signature.params.len(),
                 given: request.args.len(),
+            });
+        }
+        let literal_bytes: u64 = request
+            .args
+            .iter()
+            .map(|a| match a {
+                ArgRequest::Value(bytes) => bytes.len() as u64,
+                ArgRequest::Result(_) => 0,
+            })
+            .sum();
+        if literal_bytes > wrun_proto::MAX_TASK_LITERAL_BYTES {
+            return Err(SubmitError::TooLargeForAMessage {
+                key,
+                what: "literal arguments",
+                asked: humanize_bytes(literal_bytes),
+                cap: humanize_bytes(wrun_proto::MAX_TASK_LITERAL_BYTES),
+                hint: "produce large inputs with a task and pass its result",
             });
         }
         let mut args = Vec::with_capacity(request.args.len());
@@ -596,6 +635,33 @@ mod tests {
         assert_eq!(
             error,
             "task 1: memory limit 8 GiB is over the cluster's maximum of 4 GiB (--max-task-memory)"
+        );
+        // What could not travel to a worker in one message is refused here.
+        let mut chatty = add(1, &digest, two());
+        chatty.limits.stdout_bytes = 18 << 20;
+        let error = validate(&[chatty], &operator(1), &HashMap::new(), &modules, &mut 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            error,
+            "task 1: a stdout capture limit of 18 MiB cannot travel in one message (at most 4 MiB); \
+             write large output as the task's result"
+        );
+        let big = vec![0u8; 7 << 20];
+        let fat = add(
+            1,
+            &digest,
+            vec![ArgRequest::Value(&big), ArgRequest::Value(&big)],
+        );
+        let error = validate(&[fat], &operator(1), &HashMap::new(), &modules, &mut 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            error,
+            "task 1: literal arguments of 14 MiB cannot travel in one message (at most 12 MiB); \
+             produce large inputs with a task and pass its result"
         );
         // Another tenant's module is not found.
         let other = Submitter {

@@ -48,6 +48,21 @@ pub(crate) enum Event {
 }
 
 impl Event {
+    /// Roughly the bytes it takes in a message.
+    fn encoded_size(&self) -> usize {
+        32 + match self {
+            Event::Finished { stdout, stderr, .. } => stdout.len() + stderr.len(),
+            Event::Failed {
+                kind,
+                message,
+                stdout,
+                stderr,
+                ..
+            } => kind.len() + message.len() + stdout.len() + stderr.len(),
+            Event::Started(_) | Event::Stolen(..) | Event::Replicated(..) => 0,
+        }
+    }
+
     /// A failure before the task ran (its module or an input could not be had).
     pub(crate) fn failed_before_running(task: TaskId, kind: &str, message: String) -> Event {
         Event::Failed {
@@ -144,9 +159,27 @@ impl EventOutbox {
         self.lock().len()
     }
 
-    /// Everything gathered so far, in order.
+    /// The oldest events gathered so far, in order, up to
+    /// [`wrun_proto::BATCH_BYTES`] of them (at least one), so that a batch
+    /// of chatty tasks' captured output never exceeds what the scheduler
+    /// reads in one message. The rest waits for the next batch.
     pub(crate) fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.lock())
+        let mut pending = self.lock();
+        let mut bytes = 0;
+        let count = pending
+            .iter()
+            .position(|event| {
+                bytes += event.encoded_size();
+                bytes > wrun_proto::BATCH_BYTES
+            })
+            .unwrap_or(pending.len())
+            .max(1)
+            .min(pending.len());
+        if count == pending.len() {
+            std::mem::take(&mut *pending)
+        } else {
+            pending.drain(..count).collect()
+        }
     }
 }
 
@@ -188,6 +221,45 @@ mod tests {
         // A `started` already sent stays sent: the `finished` goes alone.
         outbox.push(finished(1), false);
         assert_eq!(outbox.take(), vec![finished(1)]);
+    }
+
+    #[test]
+    fn chatty_tasks_output_is_sent_in_batches_that_fit_a_message() {
+        let outbox = EventOutbox::default();
+        let chatty = |task: u64| Event::Finished {
+            task: TaskId(task),
+            size: 1,
+            stdout: vec![b'x'; 3 << 20],
+            stderr: Vec::new(),
+        };
+        for task in 0..6 {
+            outbox.push(chatty(task), false);
+        }
+        outbox.push(finished(9), false);
+        let mut batches = Vec::new();
+        while outbox.len() > 0 {
+            let batch = outbox.take();
+            let bytes: usize = batch.iter().map(Event::encoded_size).sum();
+            assert!(
+                batch.len() == 1 || bytes <= wrun_proto::BATCH_BYTES,
+                "{bytes}"
+            );
+            batches.push(batch.len());
+        }
+        assert_eq!(batches, [2, 2, 3]);
+        // One event over the budget still goes, alone.
+        outbox.push(
+            Event::Finished {
+                task: TaskId(1),
+                size: 1,
+                stdout: vec![0; wrun_proto::BATCH_BYTES + 1],
+                stderr: Vec::new(),
+            },
+            false,
+        );
+        outbox.push(finished(2), false);
+        assert_eq!(outbox.take().len(), 1);
+        assert_eq!(outbox.take(), vec![finished(2)]);
     }
 
     #[test]

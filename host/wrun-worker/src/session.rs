@@ -216,7 +216,10 @@ async fn register(
 async fn send_events(session: &worker_session::Client, state: &WorkerState) -> String {
     let outbox = &state.events;
     loop {
-        outbox.wake.notified().await;
+        // What a batch had no room for goes next, without waiting.
+        if outbox.len() == 0 {
+            outbox.wake.notified().await;
+        }
         let deadline = tokio::time::Instant::now() + EVENT_COALESCE;
         loop {
             if state.queue.is_empty() || outbox.len() >= EVENT_BATCH {
