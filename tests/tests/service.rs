@@ -302,3 +302,23 @@ fn captured_output_larger_than_a_message_is_refused_and_large_output_arrives_who
     }
     assert_eq!(client.status().unwrap().workers.len(), 1);
 }
+
+#[test]
+fn a_result_larger_than_a_chunk_is_gathered_through_the_scheduler_whole() {
+    let cluster = cluster(1);
+    let client = cluster.client().unwrap();
+    let module = seed(&client);
+    // Over two 8 MiB chunks: the client reads it through the scheduler.
+    let size = (16 << 20) + 3;
+    let future = client
+        .submit(
+            &module,
+            "produce",
+            vec![json!(size).into(), json!(5).into()],
+        )
+        .unwrap();
+    let raw = client.gather_raw(&[future]).unwrap().remove(0).unwrap();
+    // MessagePack bin 32: 0xc6, four bytes of length, the bytes.
+    assert_eq!(raw.len(), size + 5);
+    assert_eq!(&raw[..5], &[0xc6, 0x01, 0x00, 0x00, 0x03]);
+}

@@ -125,6 +125,8 @@ impl client_session::Server for ClientSessionImpl {
             name: record.map_or(OPERATOR, |t| t.name.as_str()),
             max_bytes: record.and_then(|t| t.quotas.max_module_bytes).map(|b| b.0),
         };
+        // Read once: each read counts against the traversal limit.
+        let data = params.get_data()?;
         let complete = state
             .modules
             .upload_chunk(
@@ -134,12 +136,12 @@ impl client_session::Server for ClientSessionImpl {
                     digest,
                     offset: params.get_offset(),
                     total: params.get_total(),
-                    data: params.get_data()?,
+                    data,
                 },
                 Instant::now(),
             )
             .map_err(failed)?;
-        if complete && params.get_offset() + params.get_data()?.len() as u64 >= params.get_total() {
+        if complete && params.get_offset() + data.len() as u64 >= params.get_total() {
             info!(target: "wrun::audit", tenant = quota.name, %digest, bytes = params.get_total(), "module uploaded");
         }
         results.get().set_complete(complete);
@@ -210,9 +212,12 @@ impl client_session::Server for ClientSessionImpl {
         )
         .await?;
         let chunk = response.get()?.get_chunk()?;
+        // Read the data once: every read counts against the message's
+        // traversal limit, and two reads of an 8 MiB chunk pass it.
+        let data = chunk.get_data()?;
         let mut out = results.get().init_chunk();
-        room.settle(chunk.get_data()?.len() as u64);
-        out.set_data(chunk.get_data()?);
+        room.settle(data.len() as u64);
+        out.set_data(data);
         out.set_total(chunk.get_total());
         Ok(())
     }
