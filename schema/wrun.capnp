@@ -42,6 +42,8 @@ struct WorkerStatus {
   retiring @8 :Bool;
   slurmJobId @9 :Text;      # "" if none
   endTimeMs @10 :UInt64;    # Unix ms; 0: no known end
+  heldBytes @11 :UInt64;    # results it holds, in memory and on disk
+  spilledBytes @12 :UInt64; # of them, on disk
 }
 
 # Tasks by state.
@@ -208,7 +210,8 @@ struct WorkerEvent {
 
 interface WorkerSession {
   events @0 (events :List(WorkerEvent)) -> ();
-  heartbeat @1 () -> ();
+  # Alive; with the result bytes it holds, and of them on disk (spilled).
+  heartbeat @1 (heldBytes :UInt64, spilledBytes :UInt64) -> ();
   fetchModule @2 (digest :Data, offset :UInt64) -> (chunk :Chunk);
   # The worker is leaving (walltime ahead, or SIGTERM): the scheduler sends
   # it no more tasks, takes back its queued ones and has peers copy the

@@ -855,3 +855,115 @@ fn cancelling_a_job_stops_its_running_task_and_frees_the_worker() {
     // Stopped inside the sandbox: the same worker process goes on.
     assert_eq!(workers(&client)[0].pid, pid);
 }
+
+/// The bytes the seed guest's `produce(bytes, seed)` makes.
+fn produced(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(bytes + 8);
+    while data.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(bytes);
+    data
+}
+
+#[test]
+fn a_worker_spills_results_past_its_memory_and_every_one_comes_back_intact() {
+    let mut procs = Procs::new("spill");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    let spill = procs.path("spill");
+    let spill_arg = spill.to_str().unwrap().to_owned();
+    procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    // Under its nanny, which kills it if its RSS passes 256 MiB.
+    procs.start(
+        "worker",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--memory",
+            "256MiB",
+            "--spill-dir",
+            &spill_arg,
+            "--spill-limit",
+            "2GiB",
+        ],
+    );
+    let client = connect(&file);
+    wait_until("the worker", LONG, || workers(&client).len() == 1);
+    let worker = workers(&client)[0].id;
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    // 1 GiB of results, four times the worker's memory.
+    const BLOB: usize = 16 << 20;
+    let futures = client
+        .map(
+            &module,
+            "produce",
+            (0..64u64)
+                .map(|seed| vec![json!(BLOB).into(), json!(seed).into()])
+                .collect(),
+        )
+        .unwrap();
+    for outcome in client.wait(&futures).unwrap() {
+        outcome.unwrap();
+    }
+    wait_until("the spilled bytes in status", LONG, || {
+        let w = &workers(&client)[0];
+        w.held_bytes >= 64 * BLOB as u64 && w.spilled_bytes >= 600 << 20
+    });
+    let spill_dir_of_worker = std::fs::read_dir(&spill).unwrap().count();
+    assert_eq!(
+        spill_dir_of_worker, 1,
+        "one spill directory for the one worker"
+    );
+    for (seed, future) in futures.iter().enumerate() {
+        let raw = client.gather_raw(std::slice::from_ref(future)).unwrap();
+        let raw = raw.into_iter().next().unwrap().unwrap();
+        // MessagePack bin 32: 0xc6, the length, the bytes.
+        assert_eq!(raw[0], 0xc6, "result {seed}");
+        assert!(
+            raw[5..] == produced(BLOB, seed as u64)[..],
+            "result {seed} differs"
+        );
+    }
+    let status = client.status().unwrap();
+    assert_eq!(status.workers.len(), 1, "{status:?}");
+    assert_eq!(status.workers[0].id, worker, "never restarted: {status:?}");
+    assert_eq!(status.recomputed, 0, "{status:?}");
+    // Releasing the results removes their files; the worker's directory
+    // goes when it leaves.
+    drop(futures);
+    wait_until("the spill files freed", LONG, || {
+        workers(&client)[0].spilled_bytes == 0
+    });
+    // A worker killed outright cannot clean up: its nanny removes its
+    // directory, and the worker it starts again makes a new one.
+    let spill_dirs = || -> Vec<String> {
+        std::fs::read_dir(&spill)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let dirs = spill_dirs();
+    let killed = dirs[0].split('-').nth(2).unwrap().to_owned();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &killed])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until("the restarted worker's own spill directory", LONG, || {
+        let dirs = spill_dirs();
+        dirs.len() == 1 && !dirs[0].starts_with(&format!("wrun-spill-{killed}-"))
+    });
+    let out = wrun(&["shutdown", "--scheduler-file", &file_arg]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    wait_until("the spill directory removed", LONG, || {
+        std::fs::read_dir(&spill).unwrap().count() == 0
+    });
+}

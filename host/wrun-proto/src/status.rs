@@ -48,6 +48,12 @@ pub struct WorkerStatus {
     pub slurm_job_id: Option<String>,
     /// When it will be stopped from outside (Unix ms).
     pub end_time_ms: Option<u64>,
+    /// Result bytes it holds, in memory and on disk (as of its last heartbeat).
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// Of them, bytes spilled to disk.
+    #[serde(default)]
+    pub spilled_bytes: u64,
 }
 
 /// Tasks by state.
@@ -136,6 +142,8 @@ impl WorkerStatus {
         to.set_retiring(self.retiring);
         to.set_slurm_job_id(self.slurm_job_id.as_deref().unwrap_or(""));
         to.set_end_time_ms(self.end_time_ms.unwrap_or(0));
+        to.set_held_bytes(self.held_bytes);
+        to.set_spilled_bytes(self.spilled_bytes);
     }
 
     fn read(from: worker_status::Reader<'_>) -> Result<WorkerStatus, capnp::Error> {
@@ -151,6 +159,8 @@ impl WorkerStatus {
             retiring: from.get_retiring(),
             slurm_job_id: Some(from.get_slurm_job_id()?.to_string()?).filter(|j| !j.is_empty()),
             end_time_ms: Some(from.get_end_time_ms()).filter(|t| *t > 0),
+            held_bytes: from.get_held_bytes(),
+            spilled_bytes: from.get_spilled_bytes(),
         })
     }
 }
@@ -198,6 +208,8 @@ mod tests {
                 retiring: true,
                 slurm_job_id: Some("17".into()),
                 end_time_ms: None,
+                held_bytes: 5 << 20,
+                spilled_bytes: 3 << 20,
             }],
             tasks: TaskCounts {
                 total: 9,

@@ -142,6 +142,8 @@ impl cluster::Server for ClusterImpl {
             slurm_job_id: info.get_slurm_job_id()?.to_str()?.to_owned(),
             end_time_ms: info.get_end_time_ms(),
             peer_certificate: info.get_peer_certificate()?.to_vec(),
+            held_bytes: 0,
+            spilled_bytes: 0,
         };
         info!(target: "wrun::audit", peer = %self.peer, %worker, name = %conn.name, threads = conn.threads, "worker joined");
         self.opened.set(true);

@@ -43,6 +43,9 @@ pub(crate) struct WorkerConn {
     pub(crate) end_time_ms: u64,
     /// The certificate its peer port presents (DER; empty: plain).
     pub(crate) peer_certificate: Vec<u8>,
+    /// Result bytes it holds, and of them on disk, as of its last heartbeat.
+    pub(crate) held_bytes: u64,
+    pub(crate) spilled_bytes: u64,
 }
 
 /// A client session: its tenant, where its events go, its tasks by key.

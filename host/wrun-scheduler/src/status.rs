@@ -37,11 +37,16 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
                     .map(|c| c.slurm_job_id.clone())
                     .filter(|j| !j.is_empty()),
                 end_time_ms: conn.map(|c| c.end_time_ms).filter(|t| *t > 0),
+                held_bytes: conn.map(|c| c.held_bytes).unwrap_or(0),
+                spilled_bytes: conn.map(|c| c.spilled_bytes).unwrap_or(0),
             };
             if !all {
                 worker.pid = 0;
                 worker.peer_address = String::new();
                 worker.slurm_job_id = None;
+                // What the workers hold is the sum of every tenant's results.
+                worker.held_bytes = 0;
+                worker.spilled_bytes = 0;
             }
             worker
         })

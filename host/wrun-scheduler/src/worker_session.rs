@@ -127,13 +127,16 @@ impl worker_session::Server for WorkerSessionImpl {
 
     async fn heartbeat(
         self: CapRc<Self>,
-        _: worker_session::HeartbeatParams,
+        params: worker_session::HeartbeatParams,
         _: worker_session::HeartbeatResults,
     ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
         let mut state = self.shared.borrow_mut();
-        if !state.workers.contains_key(&self.worker) {
+        let Some(conn) = state.workers.get_mut(&self.worker) else {
             return Err(removed());
-        }
+        };
+        conn.held_bytes = params.get_held_bytes();
+        conn.spilled_bytes = params.get_spilled_bytes();
         state.core.heartbeat(self.worker, Instant::now());
         Ok(())
     }

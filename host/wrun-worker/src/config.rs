@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use wrun_sandbox::SandboxConfig;
 
+use crate::results::SpillConfig;
+
 /// Where the scheduler is.
 #[derive(Debug, Clone)]
 pub enum SchedulerTarget {
@@ -55,6 +57,8 @@ pub struct WorkerConfig {
     pub retire_when: Option<Arc<tokio::sync::Notify>>,
     /// The Slurm job the worker runs in, shown by `wrun status`.
     pub slurm_job_id: Option<String>,
+    /// When results go to disk; `None` keeps them all in memory.
+    pub spill: Option<SpillConfig>,
 }
 
 impl WorkerConfig {
@@ -75,6 +79,7 @@ impl WorkerConfig {
             retire_on_signal: None,
             retire_when: None,
             slurm_job_id: None,
+            spill: None,
         }
     }
 }

@@ -198,10 +198,13 @@ impl worker_control::Server for ControlImpl {
                     .fetch((&address, &certificate), task, &ticket)
                     .await
                 {
-                    Ok(value) => {
-                        this.state.results.insert(task, value);
-                        true
-                    }
+                    Ok(value) => match this.state.results.insert(task, value) {
+                        Ok(()) => true,
+                        Err(error) => {
+                            debug!(%task, "no room for a copy from a retiring peer: {error}");
+                            false
+                        }
+                    },
                     Err(error) => {
                         debug!(%task, "copying from a retiring peer at {address} failed: {error}");
                         false
@@ -245,11 +248,9 @@ impl worker_control::Server for ControlImpl {
         params: worker_control::FreeParams,
         _: worker_control::FreeResults,
     ) -> Result<(), capnp::Error> {
-        let tasks = params.get()?.get_tasks()?;
-        let mut results = self.state.results.lock();
-        for task in task_ids(tasks) {
-            results.remove(&task);
-        }
+        self.state
+            .results
+            .free(task_ids(params.get()?.get_tasks()?));
         Ok(())
     }
 
@@ -273,20 +274,26 @@ impl worker_control::Server for ControlImpl {
         mut results: worker_control::FetchManyResults,
     ) -> Result<(), capnp::Error> {
         let tasks = params.get()?.get_tasks()?;
-        let store = self.state.results.lock();
         let mut values = results.get().init_values(tasks.len());
-        let mut total = 0usize;
+        let mut total = 0u64;
         for (i, task) in task_ids(tasks).enumerate() {
             let mut value = values.reborrow().get(i as u32);
-            match store.get(&task) {
+            match self.state.results.get(task) {
                 None => value.set_missing("no such result on this worker"),
-                Some(bytes) if total + bytes.len() > BATCH_BYTES => {
-                    value.set_large(bytes.len() as u64)
+                Some(held) if total + held.len() > BATCH_BYTES as u64 => {
+                    value.set_large(held.len())
                 }
-                Some(bytes) => {
-                    total += bytes.len();
-                    value.set_data(bytes);
-                }
+                // A spilled value is read back here: small ones only (the
+                // whole answer is at most BATCH_BYTES).
+                Some(held) => match held.bytes() {
+                    Ok(bytes) => {
+                        total += held.len();
+                        value.set_data(&bytes);
+                    }
+                    Err(error) => {
+                        value.set_missing(format!("reading the result back from disk: {error}"))
+                    }
+                },
             }
         }
         Ok(())

@@ -38,12 +38,20 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
     match run.result {
         Ok(bytes) => {
             let size = bytes.len() as u64;
-            state.results.insert(job.task, bytes);
-            Event::Finished {
-                task: job.task,
-                size,
-                stdout: run.stdout.bytes,
-                stderr: run.stderr.bytes,
+            match state.results.insert(job.task, bytes) {
+                Ok(()) => Event::Finished {
+                    task: job.task,
+                    size,
+                    stdout: run.stdout.bytes,
+                    stderr: run.stderr.bytes,
+                },
+                Err(no_room) => Event::Failed {
+                    task: job.task,
+                    kind: "no-room".to_owned(),
+                    message: no_room.to_string(),
+                    stdout: run.stdout.bytes,
+                    stderr: run.stderr.bytes,
+                },
             }
         }
         Err(error) => Event::Failed {

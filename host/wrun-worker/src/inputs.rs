@@ -10,7 +10,7 @@ use wrun_proto::TaskId;
 use wrun_proto::wrun_capnp::{assignment, input};
 
 use crate::queue::{Job, Share};
-use crate::state::ResultStore;
+use crate::results::ResultStore;
 
 pub(crate) enum PendingInput<'a> {
     Value(Cow<'a, [u8]>),
@@ -129,7 +129,9 @@ impl<'a> Pending<'a> {
                 PendingInput::Local(task) => {
                     let value = results
                         .get(*task)
-                        .ok_or_else(|| format!("input {task} is not on this worker"))?;
+                        .ok_or_else(|| format!("input {task} is not on this worker"))?
+                        .bytes()
+                        .map_err(|e| format!("reading input {task} back from disk: {e}"))?;
                     args.extend_from_slice(&value);
                 }
                 PendingInput::Remote(input) => {

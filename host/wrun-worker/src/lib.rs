@@ -29,6 +29,7 @@
 //! | `executor.rs` | the executor threads |
 //! | `outbox.rs` | task events gathered into batches |
 //! | `peers.rs` | serving results to peers, fetching from them |
+//! | `results.rs` | the results held, spilled to disk past a threshold |
 //! | `state.rs` | what the RPC thread and the executors share |
 //! | `nanny.rs` | the nanny: the worker's parent process, restarting it |
 //!
@@ -45,6 +46,7 @@ mod nanny;
 mod outbox;
 mod peers;
 mod queue;
+mod results;
 mod session;
 mod state;
 
@@ -52,8 +54,10 @@ use std::sync::Arc;
 
 pub use config::{Departure, SchedulerTarget, WorkerConfig, WorkerError};
 pub use nanny::{Nanny, NannyExit, rss_bytes};
+pub use results::{SpillConfig, remove_spill_dirs_of};
 use wrun_sandbox::{Sandbox, SandboxConfig};
 
+use crate::results::ResultStore;
 use crate::state::WorkerState;
 
 /// Joins a scheduler and runs its tasks until the connection ends or the
@@ -64,7 +68,17 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
         ..config.sandbox.clone()
     })
     .map_err(|e| WorkerError::Setup(e.to_string()))?;
-    let state = Arc::new(WorkerState::new(sandbox));
+    let results = ResultStore::new(config.spill.as_ref()).map_err(|e| {
+        WorkerError::Setup(format!(
+            "making a spill directory in {}: {e}",
+            config
+                .spill
+                .as_ref()
+                .map(|s| s.dir.display().to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let state = Arc::new(WorkerState::new(sandbox, results));
     let executors: Vec<_> = (0..config.threads.max(1))
         .map(|i| {
             let state = state.clone();
@@ -84,5 +98,6 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     for executor in executors {
         let _ = executor.join();
     }
+    state.results.remove_spill_dir();
     result
 }

@@ -38,6 +38,9 @@ pub struct Nanny {
     pub scheduler_file: Option<PathBuf>,
     /// How many times the worker was restarted.
     pub restarts: Arc<AtomicU32>,
+    /// Where the worker spills results: a worker that dies leaves its
+    /// spill directory there, and the nanny removes it.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// How often the nanny looks at its worker.
@@ -54,12 +57,15 @@ impl Nanny {
                 .args(&self.args)
                 .stdin(Stdio::null())
                 .spawn()?;
+            let pid = child.id();
             let reason = loop {
                 if stop.load(Ordering::SeqCst) {
                     self.stop_worker(&mut child);
+                    self.clean_up_after(pid);
                     return Ok(NannyExit::Stopped);
                 }
                 if let Some(status) = child.try_wait()? {
+                    self.clean_up_after(pid);
                     if status.success() {
                         return Ok(NannyExit::WorkerLeft);
                     }
@@ -79,6 +85,7 @@ impl Nanny {
                 {
                     let _ = child.kill();
                     let _ = child.wait();
+                    self.clean_up_after(pid);
                     break format!(
                         "worker used {} of memory, over --memory {}; killed",
                         wrun_abi::humanize_bytes(rss),
@@ -103,6 +110,14 @@ impl Nanny {
             }
             self.restarts.fetch_add(1, Ordering::SeqCst);
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Removes what a worker that ended left behind: its spill directory
+    /// (a worker removes its own when it ends cleanly, not when killed).
+    fn clean_up_after(&self, pid: u32) {
+        if let Some(dir) = &self.spill_dir {
+            crate::results::remove_spill_dirs_of(dir, pid);
         }
     }
 
@@ -142,6 +157,7 @@ mod tests {
             stop_grace: Duration::from_secs(5),
             scheduler_file: None,
             restarts: Arc::new(AtomicU32::new(0)),
+            spill_dir: None,
         }
     }
 

@@ -13,8 +13,9 @@ use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
 use wrun_proto::wrun_capnp::{chunk, peer};
-use wrun_proto::{TaskId, chunk_at, failed, fetch_chunked};
+use wrun_proto::{CHUNK_BYTES, TaskId, chunk_at, failed, fetch_chunked};
 
+use crate::results::Held;
 use crate::state::WorkerState;
 
 /// Answers a chunked fetch of one of our results (from the scheduler or a peer).
@@ -24,12 +25,25 @@ pub(crate) fn fill_chunk(
     offset: u64,
     mut chunk: chunk::Builder<'_>,
 ) -> Result<(), capnp::Error> {
-    let value = state
+    let held = state
         .results
         .get(task)
         .ok_or_else(|| failed("no such result on this worker"))?;
-    chunk.set_data(chunk_at(&value, offset)?);
-    chunk.set_total(value.len() as u64);
+    match &held {
+        Held::Memory(bytes) => chunk.set_data(chunk_at(bytes, offset)?),
+        Held::Disk { len, .. } => {
+            if offset > *len {
+                return Err(failed(format!(
+                    "offset {offset} is past the end ({len} bytes)"
+                )));
+            }
+            let bytes = held
+                .read_at(offset, CHUNK_BYTES)
+                .map_err(|e| failed(format!("reading the result back from disk: {e}")))?;
+            chunk.set_data(&bytes);
+        }
+    }
+    chunk.set_total(held.len());
     Ok(())
 }
 

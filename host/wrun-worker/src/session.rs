@@ -84,7 +84,7 @@ pub(crate) async fn serve(
     let reason = tokio::select! {
         reason = disconnected => reason.unwrap_or_else(|_| "closed".to_owned()),
         reason = send_events(&session, &state) => reason,
-        reason = heartbeats(&session) => reason,
+        reason = heartbeats(&session, &state) => reason,
         departure = retirement(&config, &session) => return Ok(departure),
         _ = shutdown.notified() => {
             info!("the cluster is shutting down");
@@ -245,12 +245,16 @@ async fn send_events(session: &worker_session::Client, state: &WorkerState) -> S
     }
 }
 
-/// Tells the scheduler every second that this worker is alive; returns
-/// why it stopped.
-async fn heartbeats(session: &worker_session::Client) -> String {
+/// Tells the scheduler every second that this worker is alive, and how
+/// many result bytes it holds and has spilled; returns why it stopped.
+async fn heartbeats(session: &worker_session::Client, state: &WorkerState) -> String {
     loop {
         tokio::time::sleep(HEARTBEAT_EVERY).await;
-        if let Err(error) = session.heartbeat_request().send().promise.await {
+        let mut request = session.heartbeat_request();
+        let (held, spilled) = state.results.held_and_spilled();
+        request.get().set_held_bytes(held);
+        request.get().set_spilled_bytes(spilled);
+        if let Err(error) = request.send().promise.await {
             return error.to_string();
         }
     }

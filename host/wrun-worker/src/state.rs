@@ -3,14 +3,14 @@
 //! outbox of task events.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use wrun_abi::ModuleDigest;
-use wrun_proto::TaskId;
 use wrun_sandbox::Sandbox;
 
 use crate::outbox::EventOutbox;
 use crate::queue::TaskQueue;
+use crate::results::ResultStore;
 
 pub(crate) struct WorkerState {
     pub(crate) queue: TaskQueue,
@@ -23,35 +23,15 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub(crate) fn new(sandbox: Sandbox) -> WorkerState {
+    pub(crate) fn new(sandbox: Sandbox, results: ResultStore) -> WorkerState {
         WorkerState {
             queue: TaskQueue::default(),
-            results: ResultStore::default(),
+            results,
             modules: ModuleStore::default(),
             sandbox,
             events: EventOutbox::default(),
             secret: std::sync::OnceLock::new(),
         }
-    }
-}
-
-/// The results this worker made or copied, kept until the scheduler frees them.
-#[derive(Default)]
-pub(crate) struct ResultStore {
-    values: Mutex<HashMap<TaskId, Arc<Vec<u8>>>>,
-}
-
-impl ResultStore {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<Vec<u8>>>> {
-        self.values.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn get(&self, task: TaskId) -> Option<Arc<Vec<u8>>> {
-        self.lock().get(&task).cloned()
-    }
-
-    pub(crate) fn insert(&self, task: TaskId, value: Vec<u8>) {
-        self.lock().insert(task, Arc::new(value));
     }
 }
 

@@ -66,11 +66,13 @@ fn print_status(status: &ClusterStatus) {
         );
     }
     outln!(
-        "{:<6} {:<20} {:>7} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
+        "{:<6} {:<20} {:>7} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
         "id",
         "name",
         "threads",
         "memory",
+        "held",
+        "spilled",
         "pid",
         "assigned",
         "running",
@@ -93,11 +95,13 @@ fn print_status(status: &ClusterStatus) {
             name.push_str(" (retiring)");
         }
         outln!(
-            "{:<6} {:<20} {:>7} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
+            "{:<6} {:<20} {:>7} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>10} {:>12}",
             w.id,
             name,
             w.threads,
             wrun_abi::humanize_bytes(w.memory_bytes),
+            wrun_abi::humanize_bytes(w.held_bytes),
+            wrun_abi::humanize_bytes(w.spilled_bytes),
             w.pid,
             w.assigned,
             w.running,

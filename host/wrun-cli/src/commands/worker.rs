@@ -8,7 +8,23 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use wrun_abi::units::{ByteSize, HumanDuration};
 use wrun_sandbox::SandboxConfig;
-use wrun_worker::{Departure, Nanny, SchedulerTarget, WorkerConfig, WorkerError};
+use wrun_worker::{Departure, Nanny, SchedulerTarget, SpillConfig, WorkerConfig, WorkerError};
+
+/// Results in memory never pass this fraction of --memory, spilling or not
+/// (Dask pauses its workers at 0.8): the rest is for running tasks.
+const HOLD_FRACTION: f64 = 0.8;
+
+/// While the worker process's resident memory is above this fraction of
+/// --memory (or of --spill-at, if higher), it spills more results (Dask's
+/// `spill` threshold is 0.7).
+const PROCESS_SPILL_FRACTION: f64 = 0.7;
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("`{text}` is not a fraction in (0, 1], such as 0.6")),
+    }
+}
 
 use crate::args::SchedulerArgs;
 use crate::exit::{CommandResult, Failure};
@@ -61,6 +77,20 @@ pub(crate) struct WorkerCommand {
     /// (Slurm kills KillWait, 30 s by default, after its SIGTERM).
     #[arg(long, env = "WRUN_RETIRE_TIMEOUT", default_value = "20s")]
     retire_timeout: HumanDuration,
+    /// Results held in memory above this fraction of --memory are written
+    /// to disk, oldest first; and more while the process's memory is above
+    /// 0.7 of --memory (Dask's target and spill thresholds are 0.6 and 0.7).
+    #[arg(long, env = "WRUN_SPILL_AT", default_value_t = 0.6, value_parser = parse_fraction)]
+    spill_at: f64,
+    /// The most bytes of results the worker writes to disk; 0 never spills.
+    /// Past it (or with the disk full), results stay in memory up to 0.8 of
+    /// --memory, and a task whose result does not fit then fails.
+    #[arg(long, env = "WRUN_SPILL_LIMIT", default_value = "16GiB")]
+    spill_limit: ByteSize,
+    /// Where the worker makes its spill directory (wrun-spill-PID-*,
+    /// removed when the worker ends) [default: $TMPDIR or /tmp].
+    #[arg(long, env = "WRUN_SPILL_DIR")]
+    spill_dir: Option<std::path::PathBuf>,
     /// The most the compiled-module cache keeps on disk (least recently used go first).
     #[arg(long, env = "WRUN_CACHE_SIZE", default_value = "1GiB")]
     cache_size: ByteSize,
@@ -141,7 +171,19 @@ impl WorkerCommand {
             retire_on_signal: Some(self.retire_timeout.0),
             retire_when: None,
             slurm_job_id,
+            spill: (self.spill_limit.0 > 0).then(|| SpillConfig {
+                dir: self.spill_dir(),
+                at_bytes: (self.memory.0 as f64 * self.spill_at) as u64,
+                rss_bytes: (self.memory.0 as f64 * self.spill_at.max(PROCESS_SPILL_FRACTION))
+                    as u64,
+                hold_bytes: (self.memory.0 as f64 * HOLD_FRACTION) as u64,
+                limit_bytes: self.spill_limit.0,
+            }),
         })
+    }
+
+    fn spill_dir(&self) -> std::path::PathBuf {
+        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 
     pub(crate) fn execute(self) -> CommandResult {
@@ -199,6 +241,7 @@ impl WorkerCommand {
             stop_grace: self.retire_timeout.0 + Duration::from_secs(5),
             scheduler_file: self.scheduler.scheduler_file.clone(),
             restarts: Arc::new(AtomicU32::new(0)),
+            spill_dir: Some(self.spill_dir()),
         };
         nanny
             .run(&stop_flag())
