@@ -33,6 +33,15 @@ impl Drop for Cluster {
 }
 
 fn spawn(args: &[&str], file: &PathBuf, log: Option<&PathBuf>) -> anyhow::Result<Cluster> {
+    spawn_with_env(args, file, log, &[])
+}
+
+fn spawn_with_env(
+    args: &[&str],
+    file: &PathBuf,
+    log: Option<&PathBuf>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> anyhow::Result<Cluster> {
     let exe = std::env::current_exe()?;
     let stderr = match log {
         Some(path) => Stdio::from(std::fs::File::create(path)?),
@@ -45,6 +54,7 @@ fn spawn(args: &[&str], file: &PathBuf, log: Option<&PathBuf>) -> anyhow::Result
         // Workers log each peer transfer (bytes, microseconds) at this target.
         .env("WRUN_LOG", "warn,wrun_worker::transfer=info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -337,6 +347,9 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
     let _ = std::fs::remove_file(&log);
 
     let bytes_per_task = bytes_per_queued_task(&bytes)?;
+    eprintln!("running: 1 GiB of results on a 256 MiB worker (spilling) and on a 4 GiB one ...");
+    let spilling = spill_round(&bytes, "256MiB")?;
+    let in_memory = spill_round(&bytes, "4GiB")?;
 
     let r = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
     outln!("wrun bench cluster  (wrun local: 2 workers x 1 thread, like the Dask scripts)");
@@ -377,6 +390,26 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
         format!("{bytes_per_task:.0} B"),
     );
     row(
+        "1 GiB of results made, 256 MiB worker",
+        format!("{:.0} MB/s", spilling.made_mb_s),
+    );
+    row(
+        "  the same on a 4 GiB worker (no spill)",
+        format!("{:.0} MB/s", in_memory.made_mb_s),
+    );
+    row(
+        "  spilled to disk",
+        format!("{:.0} MiB", spilling.spilled_bytes as f64 / 1048576.0),
+    );
+    row(
+        "1 GiB gathered back, spilled",
+        format!("{:.0} MB/s", spilling.gathered_mb_s),
+    );
+    row(
+        "  the same from memory",
+        format!("{:.0} MB/s", in_memory.gathered_mb_s),
+    );
+    row(
         "METG(50%)",
         metg50
             .map(|d| format!("{d} µs"))
@@ -397,6 +430,11 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
             "transfer_64mib_mb_s": transfer_mb_s.round(),
             "scheduler_rss_mib": r(scheduler_rss_kib as f64 / 1024.0, 1),
             "scheduler_bytes_per_queued_task": bytes_per_task.round(),
+            "spill_made_mb_s": spilling.made_mb_s.round(),
+            "no_spill_made_mb_s": in_memory.made_mb_s.round(),
+            "spilled_mib": (spilling.spilled_bytes as f64 / 1048576.0).round(),
+            "spill_gathered_mb_s": spilling.gathered_mb_s.round(),
+            "no_spill_gathered_mb_s": in_memory.gathered_mb_s.round(),
             "metg50_us": metg50,
             "metg_points": metg_points,
         })
@@ -432,4 +470,87 @@ fn bytes_per_queued_task(bytes: &[u8]) -> anyhow::Result<f64> {
     drop(scheduler);
 
     Ok(bytes_per_task)
+}
+
+struct SpillRound {
+    made_mb_s: f64,
+    gathered_mb_s: f64,
+    spilled_bytes: u64,
+}
+
+/// 64 results of 16 MiB made on one worker of `memory` (one thread), then
+/// gathered back one by one. On a 256 MiB worker most of them go to disk
+/// (and come back from the page cache: the machine has the memory);
+/// the same on a 4 GiB worker is the reference without spilling.
+fn spill_round(module_bytes: &[u8], memory: &str) -> anyhow::Result<SpillRound> {
+    const BLOB: u64 = 16 << 20;
+    const COUNT: u64 = 64;
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let file = dir.join(format!("wrun-bench-spill-{pid}.json"));
+    let spill_dir = tempfile::tempdir().context("making a spill directory")?;
+    let local = spawn_with_env(
+        &[
+            "local",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--memory",
+            memory,
+        ],
+        &file,
+        None,
+        &[("WRUN_SPILL_DIR", spill_dir.path().as_os_str())],
+    )?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    wait_until("the worker", Duration::from_secs(60), || {
+        worker_count(&client) == 1
+    })?;
+    let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
+    let warm = client.submit(&module, "produce", vec![json!(8).into(), json!(0).into()])?;
+    client.wait(&[warm])?;
+    let (futures, made_s) = timed(|| {
+        let futures = client.map(
+            &module,
+            "produce",
+            (0..COUNT)
+                .map(|seed| vec![json!(BLOB).into(), json!(seed).into()])
+                .collect(),
+        )?;
+        for state in client.wait(&futures)? {
+            state.map_err(|f| anyhow!("produce failed: {}", f.message))?;
+        }
+        Ok(futures)
+    })?;
+    wait_until("the worker's heartbeat", Duration::from_secs(10), || {
+        client
+            .status()
+            .ok()
+            .and_then(|s| s.workers.first().map(|w| w.held_bytes >= COUNT * BLOB))
+            == Some(true)
+    })?;
+    let spilled_bytes = client.status()?.workers[0].spilled_bytes;
+    let ((), gathered_s) = timed(|| {
+        for future in &futures {
+            let value = client.gather_raw(std::slice::from_ref(future))?.remove(0);
+            let value = value.map_err(|f| anyhow!("gather failed: {}", f.message))?;
+            ensure!(
+                value.len() as u64 == BLOB + 5,
+                "a result of {} bytes",
+                value.len()
+            );
+        }
+        Ok(())
+    })?;
+    drop(futures);
+    drop(client);
+    drop(local);
+    let mb = (COUNT * BLOB) as f64 / 1e6;
+    Ok(SpillRound {
+        made_mb_s: mb / made_s,
+        gathered_mb_s: mb / gathered_s,
+        spilled_bytes,
+    })
 }
