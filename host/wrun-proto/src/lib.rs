@@ -61,6 +61,10 @@ pub const MAX_VALUE_BYTES: u64 = 4 << 30;
 /// [`MAX_MESSAGE_WORDS`] for the rest of it; the scheduler's batches to a
 /// worker are split so that each stays under the limit too.
 pub const MAX_TASK_LITERAL_BYTES: u64 = 12 << 20;
+/// The most arguments one task may take: each result it reads travels in
+/// its assignment with the holder's address, ticket and certificate (up
+/// to 2 KiB), and the assignment is one message.
+pub const MAX_TASK_ARGUMENTS: usize = 1024;
 /// The most captured stdout (and, apart, stderr) a task may ask to keep:
 /// its `finished` event and a `logs` answer carry both in one message.
 pub const MAX_CAPTURED_BYTES: u64 = 4 << 20;

@@ -72,7 +72,10 @@ fn assignment_size(spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
             .args
             .iter()
             .map(|arg| match arg {
-                Arg::Value(bytes) => 16 + bytes.len(),
+                // The Input struct and its pointer, and the bytes padded
+                // to a word.
+                Arg::Value(bytes) => 48 + bytes.len(),
+                // With the holder's address, ticket and certificate.
                 Arg::Result(_) => 2048,
             })
             .sum::<usize>()
@@ -176,16 +179,22 @@ fn send_replicates(state: &State, outbox: &Outbox) {
         let Some(conn) = state.workers.get(worker) else {
             continue;
         };
-        let mut request = conn.control.replicate_request();
-        let mut list = request.get().init_copies(copies.len() as u32);
-        for (i, (task, from)) in copies.iter().enumerate() {
-            let mut c = list.reborrow().get(i as u32);
-            c.set_task(task.0);
-            c.set_address(state.peer_address(*from));
-            c.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *task));
-            c.set_certificate(state.peer_certificate(*from));
+        // Each copy carries the holder's address and certificate.
+        let copy_size = |(_, from): &(TaskId, WorkerId)| {
+            64 + state.peer_address(*from).len() + state.peer_certificate(*from).len()
+        };
+        for batch in split_by_size(copies, copy_size) {
+            let mut request = conn.control.replicate_request();
+            let mut list = request.get().init_copies(batch.len() as u32);
+            for (i, (task, from)) in batch.iter().enumerate() {
+                let mut c = list.reborrow().get(i as u32);
+                c.set_task(task.0);
+                c.set_address(state.peer_address(*from));
+                c.set_ticket(&wrun_proto::tickets::ticket(&state.secret, *task));
+                c.set_certificate(state.peer_certificate(*from));
+            }
+            spawn_call(format!("replicate on {worker}"), request.send().promise);
         }
-        spawn_call(format!("replicate on {worker}"), request.send().promise);
     }
 }
 

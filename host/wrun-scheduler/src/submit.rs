@@ -295,6 +295,15 @@ pub(crate) fn validate(
                 given: request.args.len(),
             });
         }
+        if request.args.len() > wrun_proto::MAX_TASK_ARGUMENTS {
+            return Err(SubmitError::TooLargeForAMessage {
+                key,
+                what: "a call",
+                asked: format!("{} arguments", request.args.len()),
+                cap: wrun_proto::MAX_TASK_ARGUMENTS.to_string(),
+                hint: "pass the inputs as one list, or reduce them in a tree of tasks",
+            });
+        }
         let literal_bytes: u64 = request
             .args
             .iter()
@@ -397,12 +406,22 @@ mod tests {
     use super::*;
 
     fn registry() -> (ModuleRegistry, ModuleDigest) {
-        let bytes = wat::parse_str(
+        registry_of("add", &["x", "y"])
+    }
+
+    /// A module with one task `name` taking i64 parameters `params`.
+    fn registry_of(name: &str, params: &[&str]) -> (ModuleRegistry, ModuleDigest) {
+        let params: Vec<String> = params
+            .iter()
+            .map(|p| format!(r#"{{\"name\":\"{p}\",\"type\":\"i64\"}}"#))
+            .collect();
+        let bytes = wat::parse_str(format!(
             r#"(module (memory (export "memory") 1)
                  (func (export "wrun_alloc") (param i32) (result i32) (i32.const 0))
-                 (func (export "wrun.task.add") (param i32 i32) (result i32) (i32.const 0))
-                 (@custom "wrun.tasks" "{\"abi\":1,\"name\":\"add\",\"params\":[{\"name\":\"x\",\"type\":\"i64\"},{\"name\":\"y\",\"type\":\"i64\"}],\"returns\":\"i64\"}"))"#,
-        )
+                 (func (export "wrun.task.{name}") (param i32 i32) (result i32) (i32.const 0))
+                 (@custom "wrun.tasks" "{{\"abi\":1,\"name\":\"{name}\",\"params\":[{}],\"returns\":\"i64\"}}"))"#,
+            params.join(",")
+        ))
         .unwrap();
         let digest = ModuleDigest::of(&bytes);
         let mut registry = ModuleRegistry::default();
@@ -790,5 +809,37 @@ mod tests {
             }
             let _ = decide(&bytes, &modules);
         }
+    }
+
+    #[test]
+    fn a_call_with_more_arguments_than_one_assignment_carries_is_refused_by_name() {
+        let names: Vec<String> = (0..=wrun_proto::MAX_TASK_ARGUMENTS)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (modules, digest) = registry_of("wide", &names);
+        let request = TaskRequest {
+            key: TaskKey(1),
+            module: &digest.0,
+            task: "wide",
+            args: names.iter().map(|_| ArgRequest::Value(ONE)).collect(),
+            retries: 0,
+            limits: TaskLimits::DEFAULT,
+        };
+        let mut next = 0;
+        let error = validate(
+            &[request],
+            &operator(1),
+            &HashMap::new(),
+            &modules,
+            &mut next,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            error,
+            "task 1: a call of 1025 arguments cannot travel in one message (at most 1024); pass the inputs as one list, or reduce them in a tree of tasks"
+        );
     }
 }
