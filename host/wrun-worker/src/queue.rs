@@ -9,6 +9,7 @@
 //! cluster would put a hundred tasks ahead of another tenant's single one.
 //! Here that one waits for at most the tasks already running.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,14 +17,45 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use wrun_abi::{ModuleDigest, TaskLimits};
 use wrun_proto::TaskId;
 
-/// A task ready to run: its arguments assembled.
+use crate::results::ResultStore;
+
+/// A task ready to run: its arguments assembled, but for the results of
+/// this worker it reads, which are put in when it runs.
 pub(crate) struct Job {
     pub(crate) task: TaskId,
     pub(crate) digest: ModuleDigest,
     pub(crate) name: String,
+    /// The argument array without this worker's own results.
     pub(crate) args: Vec<u8>,
+    /// Results of this worker that go into `args` at these offsets: read
+    /// (back from disk, if spilled) by the executor that runs the job, so
+    /// a queued job holds no copy of them and the RPC thread reads no disk.
+    pub(crate) local_inputs: Vec<(usize, TaskId)>,
     pub(crate) limits: TaskLimits,
     pub(crate) share: Share,
+}
+
+impl Job {
+    /// The whole argument array.
+    pub(crate) fn arguments(&self, results: &ResultStore) -> Result<Cow<'_, [u8]>, String> {
+        if self.local_inputs.is_empty() {
+            return Ok(Cow::Borrowed(&self.args));
+        }
+        let mut whole = Vec::new();
+        let mut copied = 0;
+        for &(offset, task) in &self.local_inputs {
+            whole.extend_from_slice(&self.args[copied..offset]);
+            copied = offset;
+            let value = results
+                .get(task)
+                .ok_or_else(|| format!("input {task} is not on this worker"))?
+                .bytes()
+                .map_err(|e| format!("reading input {task} back from disk: {e}"))?;
+            whole.extend_from_slice(&value);
+        }
+        whole.extend_from_slice(&self.args[copied..]);
+        Ok(Cow::Owned(whole))
+    }
 }
 
 /// Whose turn a job waits for: its tenant's number (from the scheduler)
@@ -87,7 +119,9 @@ impl FairQueue {
             .pop_front()
             .expect("only non-empty queues are kept");
         self.now = queue.pass;
-        queue.pass += STRIDE / u64::from(job.share.weight.max(1));
+        // At least 1: a weight above STRIDE must not stop the tenant's pass
+        // (it would always go next and starve the others).
+        queue.pass += (STRIDE / u64::from(job.share.weight.max(1))).max(1);
         if queue.jobs.is_empty() {
             let pass = queue.pass;
             self.tenants.remove(&tenant);
@@ -246,6 +280,7 @@ mod tests {
             digest: ModuleDigest([0; 32]),
             name: "t".into(),
             args: Vec::new(),
+            local_inputs: Vec::new(),
             limits: TaskLimits::DEFAULT,
             share: Share { tenant, weight },
         }
@@ -315,6 +350,20 @@ mod tests {
         // Tenant 2 came after tenant 1's last turn: they alternate, and 2
         // does not get 50 turns in a row for tenant 1's past ones.
         assert_eq!(drain(&queue), [100, 200, 101, 201]);
+    }
+
+    #[test]
+    fn a_weight_above_the_stride_still_takes_turns() {
+        let queue = TaskQueue::default();
+        for t in 0..4 {
+            queue.push(job_of(t, 1, u32::MAX));
+        }
+        queue.push(job_of(100, 2, 1));
+        // Tenant 1's pass moves by at least 1 a turn: tenant 2 is not
+        // starved for as long as tenant 1 has work.
+        let order = drain(&queue);
+        assert_eq!(order.len(), 5);
+        assert!(order[..2].contains(&100), "{order:?}");
     }
 
     #[test]
