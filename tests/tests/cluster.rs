@@ -934,6 +934,32 @@ fn a_worker_spills_results_past_its_memory_and_every_one_comes_back_intact() {
     assert_eq!(status.workers.len(), 1, "{status:?}");
     assert_eq!(status.workers[0].id, worker, "never restarted: {status:?}");
     assert_eq!(status.recomputed, 0, "{status:?}");
+    // Tasks that read spilled results get them back from disk, each when it
+    // runs. Keep the 16 oldest (spilled first) and release the rest, so
+    // that the worker's memory has room for two 16 MiB inputs copied into
+    // a guest (about 135 MiB at its peak).
+    let mut futures = futures;
+    let oldest: Vec<_> = futures.drain(..16).collect();
+    drop(futures);
+    wait_until("only spilled results left", LONG, || {
+        let w = &workers(&client)[0];
+        w.held_bytes == w.spilled_bytes && w.held_bytes > 0
+    });
+    let sums = client
+        .map(
+            &module,
+            "consume",
+            oldest
+                .chunks(2)
+                .map(|pair| vec![(&pair[0]).into(), (&pair[1]).into()])
+                .collect(),
+        )
+        .unwrap();
+    for sum in client.gather(&sums).unwrap() {
+        assert_eq!(sum.unwrap(), json!(2 * BLOB));
+    }
+    assert_eq!(workers(&client)[0].id, worker, "never restarted");
+    let futures = oldest;
     // Releasing the results removes their files; the worker's directory
     // goes when it leaves.
     drop(futures);

@@ -32,9 +32,14 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
             }
         }
     };
+    let args = match job.arguments(&state.results) {
+        Ok(args) => args,
+        Err(message) => return fail("host", message),
+    };
     let run = state
         .sandbox
-        .run_cancellable(&module, &job.name, &job.args, &job.limits, cancel);
+        .run_cancellable(&module, &job.name, &args, &job.limits, cancel);
+    drop(args);
     match run.result {
         Ok(bytes) => {
             let size = bytes.len() as u64;

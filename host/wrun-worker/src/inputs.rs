@@ -122,17 +122,16 @@ impl<'a> Pending<'a> {
         remote: &HashMap<TaskId, Vec<u8>>,
     ) -> Result<Job, String> {
         let mut args = Vec::new();
+        let mut local_inputs = Vec::new();
         array_header(self.inputs.len(), &mut args);
         for input in &self.inputs {
             match input {
                 PendingInput::Value(bytes) => args.extend_from_slice(bytes),
                 PendingInput::Local(task) => {
-                    let value = results
-                        .get(*task)
-                        .ok_or_else(|| format!("input {task} is not on this worker"))?
-                        .bytes()
-                        .map_err(|e| format!("reading input {task} back from disk: {e}"))?;
-                    args.extend_from_slice(&value);
+                    if !results.contains(*task) {
+                        return Err(format!("input {task} is not on this worker"));
+                    }
+                    local_inputs.push((args.len(), *task));
                 }
                 PendingInput::Remote(input) => {
                     let task = input.task;
@@ -148,6 +147,7 @@ impl<'a> Pending<'a> {
             digest: self.digest,
             name: self.name,
             args,
+            local_inputs,
             limits: self.limits,
             share: self.share,
         })

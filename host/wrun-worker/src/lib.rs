@@ -79,6 +79,8 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
         ))
     })?;
     let state = Arc::new(WorkerState::new(sandbox, results));
+    // However this function ends (an error, a panic), the spill directory goes.
+    let _spill_dir = RemoveSpillDir(state.clone());
     let executors: Vec<_> = (0..config.threads.max(1))
         .map(|i| {
             let state = state.clone();
@@ -98,6 +100,14 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     for executor in executors {
         let _ = executor.join();
     }
-    state.results.remove_spill_dir();
     result
+}
+
+/// Removes the worker's spill directory when dropped.
+struct RemoveSpillDir(Arc<WorkerState>);
+
+impl Drop for RemoveSpillDir {
+    fn drop(&mut self) {
+        self.0.results.remove_spill_dir();
+    }
 }

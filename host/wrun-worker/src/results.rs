@@ -106,8 +106,9 @@ enum Slot {
     Memory { bytes: Arc<Vec<u8>>, age: u64 },
     /// Being written to disk, still served from memory.
     Writing { bytes: Arc<Vec<u8>>, age: u64 },
-    /// On disk.
-    Disk { len: u64 },
+    /// On disk, in the file named by the task and `age` (a value stored
+    /// again for the same task gets a new age, so a new file).
+    Disk { len: u64, age: u64 },
 }
 
 #[derive(Default)]
@@ -120,6 +121,8 @@ struct Values {
     memory: u64,
     /// Bytes on disk (those being written included).
     disk: u64,
+    /// Bytes being written (counted in both of the above).
+    writing: u64,
 }
 
 impl Values {
@@ -133,7 +136,7 @@ impl Values {
             }
             // The writer finds it gone, and gives back the disk bytes.
             Slot::Writing { bytes, .. } => self.memory -= bytes.len() as u64,
-            Slot::Disk { len } => self.disk -= len,
+            Slot::Disk { len, .. } => self.disk -= len,
         }
         Some(slot)
     }
@@ -182,8 +185,13 @@ impl ResultStore {
         self.values.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn path(&self, task: TaskId) -> Option<PathBuf> {
-        Some(self.spill.as_ref()?.dir.join(task.0.to_string()))
+    fn path(&self, task: TaskId, age: u64) -> Option<PathBuf> {
+        Some(self.spill.as_ref()?.dir.join(format!("{}-{age}", task.0)))
+    }
+
+    /// Whether `task`'s value is here.
+    pub(crate) fn contains(&self, task: TaskId) -> bool {
+        self.lock().slots.contains_key(&task)
     }
 
     /// Where `task`'s value is, if it is here.
@@ -192,8 +200,8 @@ impl ResultStore {
             Slot::Memory { bytes, .. } | Slot::Writing { bytes, .. } => {
                 Some(Held::Memory(bytes.clone()))
             }
-            Slot::Disk { len } => Some(Held::Disk {
-                path: self.path(task)?,
+            Slot::Disk { len, age } => Some(Held::Disk {
+                path: self.path(task, *age)?,
                 len: *len,
             }),
         }
@@ -214,8 +222,9 @@ impl ResultStore {
             values.slots.insert(task, Slot::Memory { bytes, age });
             let victims = self.choose_victims(&mut values, size);
             drop(values);
-            if let Some(Slot::Disk { .. } | Slot::Writing { .. }) = old {
-                self.remove_file(task);
+            // A value being written is cleaned up by its writer.
+            if let Some(Slot::Disk { age, .. }) = old {
+                self.remove_file(task, age);
             }
             victims
         };
@@ -223,11 +232,16 @@ impl ResultStore {
             return Ok(());
         };
         let mut failure = victims.failure;
-        for (victim, bytes) in victims.chosen {
-            if let Err(error) = self.write(victim, &bytes) {
+        for (victim, age, bytes) in victims.chosen {
+            if let Err(error) = self.write(victim, age, &bytes) {
                 failure.get_or_insert_with(|| error.to_string());
             }
         }
+        // Refused only when spilling failed: values other threads are
+        // still writing out leave memory in a moment.
+        let Some(reason) = failure else {
+            return Ok(());
+        };
         let mut values = self.lock();
         if values.memory <= spill.hold {
             return Ok(());
@@ -238,7 +252,7 @@ impl ResultStore {
             return Err(NoRoom {
                 size,
                 hold: spill.hold,
-                reason: failure.unwrap_or_else(|| "other values were being written".to_owned()),
+                reason,
             });
         }
         Ok(())
@@ -282,6 +296,7 @@ impl ResultStore {
             let bytes = bytes.clone();
             values.by_age.remove(&age);
             values.disk += len;
+            values.writing += len;
             writing += len;
             values.slots.insert(
                 task,
@@ -290,33 +305,34 @@ impl ResultStore {
                     age,
                 },
             );
-            victims.chosen.push((task, bytes));
+            victims.chosen.push((task, age, bytes));
         }
         victims
     }
 
     /// Writes one chosen value to disk and records where it went.
-    fn write(&self, task: TaskId, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(&self, task: TaskId, age: u64, bytes: &Arc<Vec<u8>>) -> std::io::Result<()> {
         let path = self
-            .path(task)
+            .path(task, age)
             .expect("only a spilling store chooses victims");
         let written = write_file(&path, bytes);
         let len = bytes.len() as u64;
         let mut values = self.lock();
-        let still_writing = matches!(values.slots.get(&task), Some(Slot::Writing { bytes: b, .. }) if b.len() as u64 == len);
+        values.writing -= len;
+        // The same value, not merely one of the same size, is still
+        // waiting for this write.
+        let still_writing = matches!(values.slots.get(&task), Some(Slot::Writing { bytes: b, .. }) if Arc::ptr_eq(b, bytes));
         if !still_writing {
-            // Freed (or replaced) while it was written.
+            // Freed (or stored again) while it was written.
             values.disk -= len;
             drop(values);
-            if written.is_ok() {
-                let _ = std::fs::remove_file(&path);
-            }
+            let _ = std::fs::remove_file(&path);
             return Ok(());
         }
         match written {
             Ok(()) => {
                 values.memory -= len;
-                values.slots.insert(task, Slot::Disk { len });
+                values.slots.insert(task, Slot::Disk { len, age });
                 Ok(())
             }
             Err(error) => {
@@ -334,8 +350,8 @@ impl ResultStore {
         }
     }
 
-    fn remove_file(&self, task: TaskId) {
-        if let Some(path) = self.path(task) {
+    fn remove_file(&self, task: TaskId, age: u64) {
+        if let Some(path) = self.path(task, age) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -346,20 +362,24 @@ impl ResultStore {
         {
             let mut values = self.lock();
             for task in tasks {
-                if let Some(Slot::Disk { .. }) = values.remove(task) {
-                    on_disk.push(task);
+                if let Some(Slot::Disk { age, .. }) = values.remove(task) {
+                    on_disk.push((task, age));
                 }
             }
         }
-        for task in on_disk {
-            self.remove_file(task);
+        for (task, age) in on_disk {
+            self.remove_file(task, age);
         }
     }
 
-    /// Bytes held in all, and of them on disk.
+    /// Bytes held in all, and of them on disk (a value being written
+    /// counts once, in memory).
     pub(crate) fn held_and_spilled(&self) -> (u64, u64) {
         let values = self.lock();
-        (values.memory + values.disk, values.disk)
+        (
+            values.memory + values.disk - values.writing,
+            values.disk - values.writing,
+        )
     }
 
     /// Removes the spill directory (when the worker ends).
@@ -375,15 +395,14 @@ const LOOK_AT_RSS_FROM: u64 = 256 << 10;
 
 #[derive(Default)]
 struct Victims {
-    chosen: Vec<(TaskId, Arc<Vec<u8>>)>,
+    chosen: Vec<(TaskId, u64, Arc<Vec<u8>>)>,
     /// Why not enough could be chosen.
     failure: Option<String>,
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // create_new: the directory is this worker's own (0700), so a file
-    // already there is a stale one of a value since replaced; remove it.
-    let _ = std::fs::remove_file(path);
+    // create_new: the directory is this worker's own (0700) and every
+    // file name is used once, so nothing is there to follow or overwrite.
     let mut file = File::options().write(true).create_new(true).open(path)?;
     file.write_all(bytes)?;
     Ok(())
