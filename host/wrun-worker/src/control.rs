@@ -260,12 +260,8 @@ impl worker_control::Server for ControlImpl {
         mut results: worker_control::FetchResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        fill_chunk(
-            &self.state,
-            TaskId(params.get_task()),
-            params.get_offset(),
-            results.get().init_chunk(),
-        )
+        let (task, offset) = (TaskId(params.get_task()), params.get_offset());
+        fill_chunk(&self.state, task, offset, results.get().init_chunk()).await
     }
 
     async fn fetch_many(

@@ -34,7 +34,8 @@
 //! | `nanny.rs` | the nanny: the worker's parent process, restarting it |
 //!
 //! Threads: one RPC thread (current-thread tokio, `LocalSet`, `!Send`
-//! capabilities), and the executor threads (plain threads, `Send` data).
+//! capabilities), the executor threads (plain threads, `Send` data), and,
+//! when the worker spills, a memory monitor (`results.rs`).
 
 #![deny(missing_docs)]
 
@@ -81,6 +82,11 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     let state = Arc::new(WorkerState::new(sandbox, results));
     // However this function ends (an error, a panic), the spill directory goes.
     let _spill_dir = RemoveSpillDir(state.clone());
+    let monitor = config
+        .spill
+        .is_some()
+        .then(|| memory_monitor(state.clone()))
+        .transpose()?;
     let executors: Vec<_> = (0..config.threads.max(1))
         .map(|i| {
             let state = state.clone();
@@ -100,7 +106,33 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
     for executor in executors {
         let _ = executor.join();
     }
+    if let Some((stop, monitor)) = monitor {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = monitor.join();
+    }
     result
+}
+
+type Monitor = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
+
+/// A thread that spills results while the process's memory is over the
+/// spill threshold, until told to stop.
+fn memory_monitor(state: Arc<WorkerState>) -> Result<Monitor, WorkerError> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("wrun-memory".to_owned())
+        .spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(results::MONITOR_EVERY);
+                state.results.relieve();
+            }
+        })
+        .map_err(|e| WorkerError::Setup(format!("starting the memory monitor: {e}")))?;
+    Ok((stop, handle))
 }
 
 /// Removes the worker's spill directory when dropped.

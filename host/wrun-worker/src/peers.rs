@@ -18,8 +18,10 @@ use wrun_proto::{CHUNK_BYTES, TaskId, chunk_at, failed, fetch_chunked};
 use crate::results::Held;
 use crate::state::WorkerState;
 
-/// Answers a chunked fetch of one of our results (from the scheduler or a peer).
-pub(crate) fn fill_chunk(
+/// Answers a chunked fetch of one of our results (from the scheduler or a
+/// peer). A spilled result's chunk is read on tokio's blocking pool, so a
+/// slow spill disk does not hold up this thread (and its heartbeats).
+pub(crate) async fn fill_chunk(
     state: &WorkerState,
     task: TaskId,
     offset: u64,
@@ -29,21 +31,23 @@ pub(crate) fn fill_chunk(
         .results
         .get(task)
         .ok_or_else(|| failed("no such result on this worker"))?;
-    match &held {
-        Held::Memory(bytes) => chunk.set_data(chunk_at(bytes, offset)?),
-        Held::Disk { len, .. } => {
-            if offset > *len {
+    let total = held.len();
+    match held {
+        Held::Memory(bytes) => chunk.set_data(chunk_at(&bytes, offset)?),
+        Held::Disk { .. } => {
+            if offset > total {
                 return Err(failed(format!(
-                    "offset {offset} is past the end ({len} bytes)"
+                    "offset {offset} is past the end ({total} bytes)"
                 )));
             }
-            let bytes = held
-                .read_at(offset, CHUNK_BYTES)
+            let bytes = tokio::task::spawn_blocking(move || held.read_at(offset, CHUNK_BYTES))
+                .await
+                .map_err(failed)?
                 .map_err(|e| failed(format!("reading the result back from disk: {e}")))?;
             chunk.set_data(&bytes);
         }
     }
-    chunk.set_total(held.len());
+    chunk.set_total(total);
     Ok(())
 }
 
@@ -100,12 +104,8 @@ impl peer::Server for PeerImpl {
             // ticket tells nothing about which results exist.
             return Err(failed("no such result on this worker"));
         }
-        fill_chunk(
-            &self.state,
-            task,
-            params.get_offset(),
-            results.get().init_chunk(),
-        )
+        let offset = params.get_offset();
+        fill_chunk(&self.state, task, offset, results.get().init_chunk()).await
     }
 }
 

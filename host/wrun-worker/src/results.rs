@@ -262,22 +262,57 @@ impl ResultStore {
     /// under the threshold (as far as the spill limit allows). `added` is
     /// the size of the value just kept.
     fn choose_victims(&self, values: &mut Values, added: u64) -> Victims {
-        let mut victims = Victims::default();
         let Some(spill) = &self.spill else {
-            return victims;
+            return Victims::default();
         };
         let mut target = spill.at;
         // The process's memory is read only for values large enough to
         // move it (reading /proc costs tens of microseconds; a flood of
         // tiny results must not pay that per task).
-        if spill.rss > 0
-            && added >= LOOK_AT_RSS_FROM
-            && let Some(rss) = crate::nanny::rss_bytes(std::process::id())
-            && rss > spill.rss
+        if added >= LOOK_AT_RSS_FROM
+            && let Some(over) = self.rss_over()
         {
-            target = target.saturating_sub(rss - spill.rss);
+            target = target.saturating_sub(over);
         }
-        let mut writing: u64 = 0;
+        self.victims_down_to(values, target)
+    }
+
+    /// How far the process's resident memory is over the spill threshold.
+    fn rss_over(&self) -> Option<u64> {
+        let spill = self.spill.as_ref()?;
+        if spill.rss == 0 {
+            return None;
+        }
+        let rss = crate::nanny::rss_bytes(std::process::id())?;
+        (rss > spill.rss).then(|| rss - spill.rss)
+    }
+
+    /// Spills while the process's resident memory is over the threshold
+    /// (running tasks, fetched inputs and buffers grow it too): as many
+    /// bytes of results as it is over, oldest first. The worker's memory
+    /// monitor calls this every [`MONITOR_EVERY`], as Dask's does.
+    pub(crate) fn relieve(&self) {
+        let Some(over) = self.rss_over() else {
+            return;
+        };
+        let victims = {
+            let mut values = self.lock();
+            let target = values.memory.saturating_sub(over);
+            self.victims_down_to(&mut values, target)
+        };
+        for (task, age, bytes) in victims.chosen {
+            let _ = self.write(task, age, &bytes);
+        }
+    }
+
+    /// Marks the oldest values in memory for writing until the bytes in
+    /// memory (less those already being written) are at most `target`.
+    fn victims_down_to(&self, values: &mut Values, target: u64) -> Victims {
+        let mut victims = Victims::default();
+        let Some(spill) = &self.spill else {
+            return victims;
+        };
+        let mut writing: u64 = values.writing;
         while values.memory - writing > target {
             let Some((&age, &task)) = values.by_age.iter().next() else {
                 break;
@@ -390,6 +425,9 @@ impl ResultStore {
     }
 }
 
+/// How often the worker's memory monitor looks at its resident memory.
+pub(crate) const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The smallest new value for which the process's resident memory is read.
 const LOOK_AT_RSS_FROM: u64 = 256 << 10;
 
@@ -472,6 +510,31 @@ mod tests {
             assert_eq!(held.read_at(90, 64).unwrap(), value(t as u8, 100)[90..]);
             assert_eq!(held.read_at(100, 64).unwrap(), Vec::<u8>::new());
         }
+    }
+
+    #[test]
+    fn the_memory_monitor_spills_while_the_process_is_over_its_threshold() {
+        let root = tempfile::tempdir().unwrap();
+        let config = |rss_bytes| SpillConfig {
+            dir: root.path().to_owned(),
+            at_bytes: 1 << 30,
+            rss_bytes,
+            hold_bytes: 1 << 30,
+            limit_bytes: 1 << 30,
+        };
+        // A threshold no process is under: everything goes to disk.
+        let store = ResultStore::new(Some(&config(1))).unwrap();
+        for t in 0..3 {
+            store.insert(TaskId(t), value(0, 1000)).unwrap();
+        }
+        assert_eq!(store.held_and_spilled(), (3000, 0), "under --spill-at");
+        store.relieve();
+        assert_eq!(store.held_and_spilled(), (3000, 3000));
+        // One no process is over: nothing moves.
+        let store = ResultStore::new(Some(&config(u64::MAX))).unwrap();
+        store.insert(TaskId(1), value(0, 1000)).unwrap();
+        store.relieve();
+        assert_eq!(store.held_and_spilled(), (1000, 0));
     }
 
     #[test]
