@@ -16,7 +16,8 @@
 //! A literal that is itself a table with one key `ref` is written
 //! `{ value = { ref = "..." } }`. Before anything runs, the whole graph is
 //! checked: unknown tasks, missing references, cycles and arguments that do
-//! not fit a signature are reported with the offending ids.
+//! not fit a signature are reported with the offending ids. Tasks that no
+//! output needs are checked but not run (`Graph::compute` culls them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

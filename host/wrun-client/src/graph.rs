@@ -58,16 +58,21 @@ impl Graph<'_> {
         Delayed(self.nodes.len() - 1)
     }
 
-    /// Submits every node, waits for `outputs` and returns their results;
-    /// intermediate results are released when done.
+    /// Submits the nodes `outputs` need (the others are culled, as Dask's
+    /// `optimize` does, so no worker runs them), waits for `outputs` and
+    /// returns their results; intermediate results are released when done.
     pub fn compute(
         self,
         outputs: &[Delayed],
     ) -> Result<Vec<Result<Json, TaskFailure>>, ClientError> {
         let client = self.client;
+        let needed = needed_by(&self.nodes, outputs);
         let keys: Vec<TaskKey> = (0..self.nodes.len()).map(|_| client.new_key()).collect();
         let mut submissions = Vec::with_capacity(self.nodes.len());
         for (index, (module, task, args)) in self.nodes.iter().enumerate() {
+            if !needed[index] {
+                continue;
+            }
             let args: Vec<ArgRef<'_>> = args
                 .iter()
                 .map(|arg| match arg {
@@ -78,12 +83,69 @@ impl Graph<'_> {
             submissions.push(client.encode(module, task, &args, keys[index])?);
         }
         client.send_submissions(submissions)?;
-        let futures: Vec<TaskFuture> = keys.iter().map(|key| client.future(*key)).collect();
+        let futures: Vec<Option<TaskFuture>> = keys
+            .iter()
+            .zip(&needed)
+            .map(|(key, needed)| needed.then(|| client.future(*key)))
+            .collect();
         let wanted: Vec<TaskFuture> = outputs
             .iter()
-            .map(|Delayed(i)| futures[*i].clone())
+            .map(|Delayed(i)| futures[*i].clone().expect("an output is needed"))
             .collect();
         drop(futures);
         client.gather(&wanted)
+    }
+}
+
+/// Which nodes `outputs` need, directly or through other nodes. A node's
+/// arguments are always earlier nodes, so one pass from the end finds
+/// them all.
+fn needed_by<T>(nodes: &[(T, String, Vec<GraphArg>)], outputs: &[Delayed]) -> Vec<bool> {
+    let mut needed = vec![false; nodes.len()];
+    for Delayed(i) in outputs {
+        needed[*i] = true;
+    }
+    for index in (0..nodes.len()).rev() {
+        if !needed[index] {
+            continue;
+        }
+        for arg in &nodes[index].2 {
+            if let GraphArg::Node(Delayed(dep)) = arg {
+                needed[*dep] = true;
+            }
+        }
+    }
+    needed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_nodes_the_outputs_need_are_submitted() {
+        let node = |args: Vec<usize>| {
+            (
+                (),
+                String::new(),
+                args.into_iter()
+                    .map(|i| GraphArg::Node(Delayed(i)))
+                    .collect(),
+            )
+        };
+        // 0 -> 2 -> 4 (output); 1 -> 3 (no output needs them); 5 (output, alone).
+        let nodes = vec![
+            node(vec![]),
+            node(vec![]),
+            node(vec![0]),
+            node(vec![1]),
+            node(vec![2, 0]),
+            node(vec![]),
+        ];
+        assert_eq!(
+            needed_by(&nodes, &[Delayed(4), Delayed(5)]),
+            [true, false, true, false, true, true]
+        );
+        assert_eq!(needed_by(&nodes, &[]), [false; 6]);
     }
 }
