@@ -114,7 +114,11 @@ interface Cluster {
   connectClient @1 (token :Text, listener :TaskListener) -> (session :ClientSession);
   # A worker joins with the cluster secret and the capability the scheduler
   # uses to command it.
-  registerWorker @2 (secret :Text, info :WorkerInfo, control :WorkerControl) -> (session :WorkerSession);
+  # `held` lists results it keeps from before (it lost a scheduler that
+  # keeps a journal, and rejoins the one restarted on it); more follow in
+  # `WorkerSession.held`. `journaled`: the scheduler keeps a journal, so a
+  # worker that loses it keeps its results and waits for it to come back.
+  registerWorker @2 (secret :Text, info :WorkerInfo, control :WorkerControl, held :List(HeldResult)) -> (session :WorkerSession, journaled :Bool);
   # Stops the cluster: workers are told to exit, then the scheduler exits
   # with `exitCode` (`wrun mpi` ends the job with its client's code).
   # Needs the cluster secret.
@@ -217,6 +221,13 @@ interface WorkerSession {
   # it no more tasks, takes back its queued ones and has peers copy the
   # results only it holds. Returns once the worker can leave losing nothing.
   retire @3 () -> ();
+  # More results kept from before this session (see registerWorker).
+  held @4 (results :List(HeldResult)) -> ();
+}
+
+struct HeldResult {
+  task @0 :UInt64;
+  size @1 :UInt64;
 }
 
 # Implemented by each worker; the scheduler commands it through this.
@@ -245,4 +256,59 @@ struct Copy {
 # the port without the cluster secret cannot read results by guessing ids.
 interface Peer {
   fetch @0 (task :UInt64, offset :UInt64, ticket :Data) -> (chunk :Chunk);
+}
+
+# The scheduler's journal (host/wrun-scheduler/src/journal.rs): every change
+# a client was told is accepted, one record each, so that a scheduler
+# restarted on it serves the same tasks, jobs and modules. Results stay on
+# the workers; the journal says which tasks have one, never the bytes.
+struct JournalRecord {
+  union {
+    # The first record of every journal file: what clients and workers
+    # authenticate with, so that they rejoin the restarted scheduler.
+    identity :group {
+      secret @0 :Text;
+      token @1 :Text;           # the one tenant's, without a tenants file ("" with one)
+    }
+    # Ids below this may be in use: a restarted scheduler starts above it,
+    # so no id names two tasks (a worker may hold a result under it).
+    ids @2 :UInt64;
+    module :group {
+      owners @3 :List(Text);    # tenant names
+      bytes @4 :Data;
+    }
+    tasks @5 :List(JournalTask);
+    finished @6 :List(HeldResult);
+    failed :group {
+      task @7 :UInt64;
+      kind @8 :Text;
+      message @9 :Text;
+    }
+    forgotten @10 :List(UInt64);
+    detached :group {
+      tenant @11 :Text;
+      job @12 :Text;
+      keys @13 :List(UInt64);
+      tasks @14 :List(UInt64);
+    }
+  }
+}
+
+struct JournalTask {
+  id @0 :UInt64;
+  client @1 :UInt64;
+  tenant @2 :Text;
+  key @3 :UInt64;
+  module @4 :Data;              # digest
+  name @5 :Text;
+  limits @6 :Limits;
+  retries @7 :UInt32;
+  args @8 :List(JournalArg);
+}
+
+struct JournalArg {
+  union {
+    value @0 :Data;
+    result @1 :UInt64;          # a task id
+  }
 }

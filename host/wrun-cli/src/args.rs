@@ -185,6 +185,20 @@ pub(crate) struct ServeArgs {
     /// and certificate, without the cluster secret.
     #[arg(long, env = "WRUN_CLIENT_FILE")]
     pub(crate) client_file: Option<PathBuf>,
+    /// Keep a journal in this directory (made if missing): every accepted
+    /// module, submission and detached job is on disk before the call
+    /// returns, and a scheduler started on it again serves them; workers
+    /// that lost it keep their results and rejoin.
+    #[arg(long, env = "WRUN_JOURNAL")]
+    pub(crate) journal: Option<PathBuf>,
+    /// How long a scheduler restarted on its journal waits for its workers
+    /// to rejoin with their results before recomputing what is missing.
+    #[arg(long, env = "WRUN_REJOIN_WAIT", default_value_t = HumanDuration(wrun_scheduler::SchedulerConfig::default().rejoin_timeout))]
+    pub(crate) rejoin_wait: HumanDuration,
+    /// Compact the journal (a snapshot of the live state starts a new
+    /// file) when what was written since passes this and twice the snapshot.
+    #[arg(long, env = "WRUN_JOURNAL_COMPACT_AT", default_value_t = ByteSize(wrun_scheduler::SchedulerConfig::default().journal_compact_bytes))]
+    pub(crate) journal_compact_at: ByteSize,
 }
 
 impl ServeArgs {
@@ -214,6 +228,9 @@ impl ServeArgs {
             },
             tls_identity: self.tls_cert.clone().zip(self.tls_key.clone()),
             client_file: self.client_file.clone(),
+            journal: self.journal.clone(),
+            rejoin_timeout: self.rejoin_wait.0,
+            journal_compact_bytes: self.journal_compact_at.0.max(1),
             ..Default::default()
         }
     }

@@ -73,6 +73,9 @@ pub struct Core<P> {
     pub(crate) handoffs: BTreeMap<TaskId, (WorkerId, WorkerId)>,
     /// Results that were lost with a worker and had to be computed again.
     pub(crate) recomputed: u64,
+    /// No task is placed while set: a restarted scheduler waits for its
+    /// workers to rejoin with the results they kept (`recovery.rs`).
+    pub(crate) placement_held: bool,
 }
 
 impl<P> Core<P> {
@@ -87,6 +90,7 @@ impl<P> Core<P> {
             tenants: BTreeMap::new(),
             handoffs: BTreeMap::new(),
             recomputed: 0,
+            placement_held: false,
         }
     }
 

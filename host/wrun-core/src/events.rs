@@ -193,6 +193,22 @@ impl<P> Core<P> {
             return;
         }
         self.unassign(worker, task);
+        self.record_result(worker, task, size, comm);
+        if self.is_retiring(worker) {
+            self.hand_off(worker, comm);
+        }
+        self.schedule(comm);
+    }
+
+    /// `task` (active, not on a worker's books) has its result, `size`
+    /// bytes, on `worker`: it is done, and its dependents may be ready.
+    pub(crate) fn record_result(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        size: u64,
+        comm: &mut impl Comm<P>,
+    ) {
         self.workers
             .get_mut(&worker)
             .expect("checked")
@@ -213,10 +229,6 @@ impl<P> Core<P> {
             }
         }
         self.maybe_free(task, comm);
-        if self.is_retiring(worker) {
-            self.hand_off(worker, comm);
-        }
-        self.schedule(comm);
     }
 
     /// `worker` ran `task` and it failed with `failure` (deterministic).
@@ -341,7 +353,7 @@ impl<P> Core<P> {
         };
         t.wanted = false;
         self.maybe_free(task, comm);
-        self.maybe_forget(task);
+        self.maybe_forget(task, comm);
     }
 
     /// Cancels `tasks` (all of one client): stops them, frees their results,
@@ -401,11 +413,12 @@ impl<P> Core<P> {
                     }
                 }
                 self.maybe_free(dep, comm);
-                self.maybe_forget(dep);
+                self.maybe_forget(dep, comm);
             }
         }
         for task in closure {
             self.tasks.remove(&task);
+            comm.forgotten(task);
         }
         self.schedule(comm);
     }

@@ -50,6 +50,7 @@ mod events;
 mod lineage;
 mod placement;
 mod ready;
+mod recovery;
 mod retirement;
 mod sanity;
 mod task;
@@ -57,6 +58,7 @@ mod tenants;
 mod worker;
 
 pub use crate::core::{Core, CoreConfig, StateCounts};
+pub use crate::recovery::Outcome;
 pub use crate::tenants::{TenantShare, TenantUsage};
 
 use std::fmt;
@@ -203,6 +205,11 @@ pub trait Comm<P> {
     fn done(&mut self, client: ClientId, task: TaskId, worker: WorkerId, size: u64);
     /// `task` of `client` failed for good.
     fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure);
+    /// The core forgot `task`: nobody can ask for it any more (a journal
+    /// records it; nothing else needs telling).
+    fn forgotten(&mut self, task: TaskId) {
+        let _ = task;
+    }
 }
 
 /// A submission the core refuses, naming the offending task.

@@ -81,7 +81,7 @@ impl<P> Core<P> {
 
     /// Forgets a task nobody can ask about any more: released, not active,
     /// and no remaining task depends on it (lineage may need it otherwise).
-    pub(crate) fn maybe_forget(&mut self, task: TaskId) {
+    pub(crate) fn maybe_forget(&mut self, task: TaskId, comm: &mut impl Comm<P>) {
         let mut stack = vec![task];
         while let Some(task) = stack.pop() {
             let Some(t) = self.tasks.get(&task) else {
@@ -92,6 +92,7 @@ impl<P> Core<P> {
                 continue;
             }
             let t = self.tasks.remove(&task).expect("present");
+            comm.forgotten(task);
             for dep in t.deps {
                 if let Some(d) = self.tasks.get_mut(&dep) {
                     d.dependents.retain(|x| *x != task);
@@ -134,6 +135,11 @@ impl<P> Core<P> {
     /// tasks whose inputs vanished back to waiting (cancelling them on their
     /// workers). Runs to a fixpoint; only worker loss needs it.
     pub(crate) fn refresh(&mut self, comm: &mut impl Comm<P>) {
+        // A restart holds this until its workers have rejoined with the
+        // results they kept (`recovery.rs`).
+        if self.placement_held {
+            return;
+        }
         loop {
             let lost: Vec<TaskId> = self
                 .tasks

@@ -96,6 +96,9 @@ impl<P> Core<P> {
     /// Assigns ready tasks to workers with room, tenant by tenant in
     /// weighted turns, then lets idle workers steal.
     pub(crate) fn schedule(&mut self, comm: &mut impl Comm<P>) {
+        if self.placement_held {
+            return;
+        }
         let mut inputs = Vec::new();
         while let Some(tenant) = self.next_tenant() {
             let task = self.ready.front(tenant).expect("a tenant with queued work");

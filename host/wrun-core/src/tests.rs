@@ -904,3 +904,73 @@ fn a_tenant_s_usage_counts_its_active_tasks_and_stored_bytes() {
     env.said();
     assert_eq!(env.core.tenant_usage(tenant), TenantUsage::default());
 }
+
+#[test]
+fn a_restored_core_waits_for_rejoining_workers_and_recomputes_only_what_none_kept() {
+    // Before the restart: 1 and 2 finished, 3 failed, 4 (needs 1 and 2)
+    // and 5 (needs 3) waited, 6 was forgotten.
+    let mut env = Env::new(4);
+    env.core.hold_placement();
+    env.submit(vec![
+        spec(1, &[]),
+        spec(2, &[]),
+        spec(3, &[]),
+        spec(4, &[1, 2]),
+        spec(5, &[3]),
+        spec(6, &[]),
+    ]);
+    env.core.restore_done(t(1), 10, &mut env.comm);
+    env.core.restore_done(t(2), 20, &mut env.comm);
+    env.core.restore_failed(t(3), error("boom"), &mut env.comm);
+    env.core.restore_forgotten(t(6), &mut env.comm);
+    let said = env.said();
+    assert!(
+        said.contains(&Said::Failed(t(3), "boom".into())),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|s| matches!(s, Said::Failed(task, _) if *task == t(5)))
+    );
+    assert_eq!(env.core.task_count(), 5);
+    let mut awaited = env.core.results_awaited();
+    awaited.sort();
+    assert_eq!(awaited, vec![t(1), t(2)]);
+    // A worker rejoins with 1's result and one the core never knew: the
+    // unknown one is freed, nothing is placed while the hold lasts.
+    env.worker(7, 1);
+    env.core
+        .results_held(w(7), &[(t(1), 10), (t(99), 5)], &mut env.comm);
+    assert_eq!(env.said(), vec![Said::Free(w(7), t(99))]);
+    assert_eq!(env.core.holders(t(1)), &[w(7)]);
+    assert_eq!(env.core.results_awaited(), vec![t(2)]);
+    // 2's worker never comes back: resuming recomputes 2 alone, then 4.
+    env.core.resume_placement(&mut env.comm);
+    assert_eq!(env.said(), vec![Said::Assign(w(7), t(2), vec![])]);
+    assert_eq!(env.core.recomputed(), 1);
+    env.finish(7, 2, 20);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(2), w(7)),
+            Said::Assign(w(7), t(4), vec![(t(1), w(7)), (t(2), w(7))])
+        ]
+    );
+}
+
+#[test]
+fn a_rejoining_worker_s_result_completes_a_task_that_was_queued_again() {
+    let mut env = Env::new(4);
+    env.core.hold_placement();
+    env.submit(vec![spec(1, &[]), spec(2, &[1])]);
+    // The journal lost 1's `finished`: it is queued, yet a worker has it.
+    env.worker(3, 1);
+    env.core.results_held(w(3), &[(t(1), 8)], &mut env.comm);
+    assert_eq!(env.said(), vec![Said::Done(t(1), w(3))]);
+    env.core.resume_placement(&mut env.comm);
+    assert_eq!(
+        env.said(),
+        vec![Said::Assign(w(3), t(2), vec![(t(1), w(3))])]
+    );
+    assert_eq!(env.core.recomputed(), 0);
+}

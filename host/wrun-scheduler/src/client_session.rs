@@ -116,33 +116,50 @@ impl client_session::Server for ClientSessionImpl {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let digest = digest_from(params.get_digest()?).map_err(failed)?;
-        let mut state = self.shared.borrow_mut();
-        let state = &mut *state;
-        let tenant = state.session(self.client)?.tenant;
-        let record = tenant_record(&state.tenants, tenant);
-        let quota = UploadQuota {
-            tenant,
-            name: record.map_or(OPERATOR, |t| t.name.as_str()),
-            max_bytes: record.and_then(|t| t.quotas.max_module_bytes).map(|b| b.0),
+        let (complete, durable) = {
+            let mut state_guard = self.shared.borrow_mut();
+            let state = &mut *state_guard;
+            let tenant = state.session(self.client)?.tenant;
+            let known_before = state.modules.get_for(tenant, &digest).is_some();
+            let record = tenant_record(&state.tenants, tenant);
+            let quota = UploadQuota {
+                tenant,
+                name: record.map_or(OPERATOR, |t| t.name.as_str()),
+                max_bytes: record.and_then(|t| t.quotas.max_module_bytes).map(|b| b.0),
+            };
+            // Read once: each read counts against the traversal limit.
+            let data = params.get_data()?;
+            let complete = state
+                .modules
+                .upload_chunk(
+                    self.client,
+                    &quota,
+                    UploadChunk {
+                        digest,
+                        offset: params.get_offset(),
+                        total: params.get_total(),
+                        data,
+                    },
+                    Instant::now(),
+                )
+                .map_err(failed)?;
+            if complete && params.get_offset() + data.len() as u64 >= params.get_total() {
+                info!(target: "wrun::audit", tenant = quota.name, %digest, bytes = params.get_total(), "module uploaded");
+            }
+            let durable = if complete && !known_before {
+                let owner = quota.name.to_owned();
+                state.journal(|state| {
+                    let bytes = &state.modules.get(&digest).expect("just uploaded").bytes;
+                    crate::recovery::module_record(&[owner.as_str()], bytes)
+                });
+                state.journal_hand_over()
+            } else {
+                None
+            };
+            (complete, durable)
         };
-        // Read once: each read counts against the traversal limit.
-        let data = params.get_data()?;
-        let complete = state
-            .modules
-            .upload_chunk(
-                self.client,
-                &quota,
-                UploadChunk {
-                    digest,
-                    offset: params.get_offset(),
-                    total: params.get_total(),
-                    data,
-                },
-                Instant::now(),
-            )
-            .map_err(failed)?;
-        if complete && params.get_offset() + data.len() as u64 >= params.get_total() {
-            info!(target: "wrun::audit", tenant = quota.name, %digest, bytes = params.get_total(), "module uploaded");
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| failed(e.to_string()))?;
         }
         results.get().set_complete(complete);
         Ok(())
@@ -158,7 +175,11 @@ impl client_session::Server for ClientSessionImpl {
         {
             let mut state = self.shared.borrow_mut();
             let state = &mut *state;
-            let conn = state.clients.get(&self.client).ok_or_else(closed)?;
+            state.clients.get(&self.client).ok_or_else(closed)?;
+            state
+                .reserve_ids(requests.len() as u64)
+                .map_err(|e| failed(e.to_string()))?;
+            let conn = state.clients.get(&self.client).expect("checked");
             let tenant = conn.tenant;
             let record = tenant_record(&state.tenants, tenant);
             let submitter = submit::Submitter {
@@ -185,6 +206,10 @@ impl client_session::Server for ClientSessionImpl {
                 modules = %digests.into_iter().collect::<Vec<_>>().join(","),
                 "tasks submitted"
             );
+            state.journal(|state| {
+                let specs: Vec<_> = accepted.specs.iter().collect();
+                crate::recovery::tasks_record(state, &specs)
+            });
             state
                 .core
                 .submit(accepted.specs, &mut state.outbox)
@@ -193,6 +218,12 @@ impl client_session::Server for ClientSessionImpl {
             conn.keys.extend(accepted.keys);
         }
         flush(&self.shared);
+        // Accepted means in the journal: the answer waits for the sync
+        // (shared with every other call's records meanwhile).
+        let durable = self.shared.borrow_mut().journal_hand_over();
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| failed(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -318,15 +349,30 @@ impl client_session::Server for ClientSessionImpl {
         let params = params.get()?;
         let keys = keys_of(params.get_keys()?);
         let name = params.get_job()?.to_str()?;
-        let mut state = self.shared.borrow_mut();
-        let state = &mut *state;
-        let conn = state.clients.get_mut(&self.client).ok_or_else(closed)?;
-        let tenant = conn.tenant;
-        let name = state
-            .jobs
-            .detach(tenant, &mut conn.keys, &keys, name, &mut state.next_id)
-            .map_err(failed)?;
-        info!(target: "wrun::audit", tenant = tenant.0, job = %name, tasks = keys.len(), "job detached");
+        let (name, durable) = {
+            let mut state_guard = self.shared.borrow_mut();
+            let state = &mut *state_guard;
+            state.clients.get(&self.client).ok_or_else(closed)?;
+            state.reserve_ids(1).map_err(|e| failed(e.to_string()))?;
+            let conn = state.clients.get_mut(&self.client).expect("checked");
+            let tenant = conn.tenant;
+            let moved: Vec<(TaskKey, TaskId)> = keys
+                .iter()
+                .filter_map(|k| conn.keys.get(k).map(|t| (*k, *t)))
+                .collect();
+            let name = state
+                .jobs
+                .detach(tenant, &mut conn.keys, &keys, name, &mut state.next_id)
+                .map_err(failed)?;
+            info!(target: "wrun::audit", tenant = tenant.0, job = %name, tasks = keys.len(), "job detached");
+            state.journal(|state| {
+                crate::recovery::detached_record(state.tenants.name_of(tenant), &name, &moved)
+            });
+            (name, state.journal_hand_over())
+        };
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| failed(e.to_string()))?;
+        }
         results.get().set_job(&name);
         Ok(())
     }

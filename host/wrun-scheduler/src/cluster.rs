@@ -8,6 +8,7 @@ use std::time::Instant;
 use capnp::capability::Rc as CapRc;
 use tracing::{info, warn};
 use wrun_core::{ClientId, WorkerId};
+use wrun_proto::failed;
 use wrun_proto::wrun_capnp::cluster;
 
 use crate::client_session::ClientSessionImpl;
@@ -94,7 +95,7 @@ impl cluster::Server for ClusterImpl {
                 }
             }
         };
-        let client = ClientId(state.next_id());
+        let client = ClientId(state.next_id().map_err(|e| failed(e.to_string()))?);
         state.clients.insert(
             client,
             ClientConn {
@@ -131,7 +132,7 @@ impl cluster::Server for ClusterImpl {
             return Err(wrong_secret());
         }
         let info = params.get_info()?;
-        let worker = WorkerId(state.next_id());
+        let worker = WorkerId(state.next_id().map_err(|e| failed(e.to_string()))?);
         let conn = WorkerConn {
             control: params.get_control()?,
             name: info.get_name()?.to_str()?.to_owned(),
@@ -159,15 +160,21 @@ impl cluster::Server for ClusterImpl {
         state_ref
             .core
             .add_worker(worker, threads, Instant::now(), &mut state_ref.outbox);
+        let held = crate::worker_session::held_results(params.get_held()?);
+        if !held.is_empty() {
+            info!(%worker, results = held.len(), "the worker rejoined with results it kept");
+            state.results_held(worker, &held);
+        }
         let deferred = state.deferred.clone();
+        let journaled = state.journaled.is_some();
         drop(state);
-        results
-            .get()
-            .set_session(capnp_rpc::new_client(WorkerSessionImpl {
-                shared: self.shared.clone(),
-                worker,
-                deferred,
-            }));
+        let mut r = results.get();
+        r.set_journaled(journaled);
+        r.set_session(capnp_rpc::new_client(WorkerSessionImpl {
+            shared: self.shared.clone(),
+            worker,
+            deferred,
+        }));
         // Queued tasks may have gone to the new worker.
         flush(&self.shared);
         Ok(())

@@ -17,6 +17,9 @@ use crate::state::{ClientEvent, Outbox, Shared, State};
 pub(crate) fn flush(shared: &Shared) {
     let mut state = shared.borrow_mut();
     let outbox = std::mem::take(&mut state.outbox);
+    if state.journaled.is_some() {
+        journal_outcomes(&mut state, &outbox);
+    }
     if outbox
         .client
         .values()
@@ -40,6 +43,25 @@ pub(crate) fn flush(shared: &Shared) {
     }
     send_replicates(&state, &outbox);
     send_client_events(&state, &outbox);
+}
+
+/// The core's decisions the journal keeps: results made, failures,
+/// tasks forgotten. They are handed to the writer at once, but nobody
+/// waits for them: a result whose record is lost is found again on its
+/// worker when it rejoins.
+fn journal_outcomes(state: &mut State, outbox: &Outbox) {
+    use crate::recovery::{failed_record, finished_record, forgotten_record};
+    if !outbox.finished.is_empty() {
+        state.journal(|_| finished_record(&outbox.finished));
+    }
+    for (task, kind, message) in &outbox.failed {
+        state.journal(|_| failed_record(*task, kind, message));
+    }
+    if !outbox.forgotten.is_empty() {
+        state.journal(|_| forgotten_record(&outbox.forgotten));
+    }
+    // Nobody waits on these; a failed write shows in the next call that must be durable.
+    drop(state.journal_hand_over());
 }
 
 fn send_runs(state: &State, outbox: &Outbox) {

@@ -92,6 +92,35 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Every job: its tenant, name and tasks (for a journal snapshot).
+    pub(crate) fn all(&self) -> impl Iterator<Item = (TenantId, &str, &[(TaskKey, TaskId)])> {
+        self.by_name
+            .iter()
+            .map(|((tenant, name), tasks)| (*tenant, name.as_str(), tasks.as_slice()))
+    }
+
+    /// Adds tasks to a job, as a journal replays a detach: the tasks leave
+    /// any job they were in before (a job adopted then detached again).
+    pub(crate) fn restore(&mut self, tenant: TenantId, name: &str, tasks: &[(TaskKey, TaskId)]) {
+        let moving: std::collections::HashSet<TaskId> = tasks.iter().map(|(_, t)| *t).collect();
+        for job in self.by_name.values_mut() {
+            job.retain(|(_, t)| !moving.contains(t));
+        }
+        self.by_name.retain(|_, job| !job.is_empty());
+        self.by_name
+            .entry((tenant, name.to_owned()))
+            .or_default()
+            .extend_from_slice(tasks);
+    }
+
+    /// Drops from every job the tasks `keep` says are gone.
+    pub(crate) fn retain_tasks(&mut self, mut keep: impl FnMut(TaskId) -> bool) {
+        for job in self.by_name.values_mut() {
+            job.retain(|(_, t)| keep(*t));
+        }
+        self.by_name.retain(|_, job| !job.is_empty());
+    }
+
     /// Each job's name and task count, by name: one tenant's, or all.
     pub(crate) fn summary(&self, tenant: Option<TenantId>) -> Vec<(String, u64)> {
         let mut jobs: Vec<(String, u64)> = self

@@ -26,6 +26,8 @@
 //! | `status.rs` | the typed cluster status, filtered for tenants |
 //! | `tenants.rs` | the tenants file, tokens, quotas |
 //! | `listener.rs` | accepting connections, bounded |
+//! | `journal.rs` | the journal file: checksummed records, group commit, compaction |
+//! | `recovery.rs` | journal records of the state, replay after a restart, workers rejoining |
 //!
 //! A dropped session is a disconnect: a worker's tasks are rescheduled, a
 //! client's tasks are cancelled and their results freed.
@@ -40,8 +42,10 @@ mod cluster;
 mod encode;
 mod fetch;
 mod jobs;
+mod journal;
 mod listener;
 mod modules;
+mod recovery;
 mod server;
 mod state;
 mod status;
@@ -49,6 +53,10 @@ mod submit;
 mod tenants;
 mod worker_session;
 
+pub use journal::JournalError;
+
+/// The exit code of a scheduler that could not start on its journal.
+pub const EXIT_JOURNAL: i32 = 2;
 pub use listener::ConnectionLimits;
 pub use server::{SchedulerConfig, SchedulerHandle, TlsMode, run_scheduler, start_scheduler};
 pub use tenants::{

@@ -119,6 +119,37 @@ impl ModuleRegistry {
         self.modules.get(digest).map(|m| &m.entry)
     }
 
+    /// Every module with the tenants that own it (for a journal snapshot).
+    pub(crate) fn all(&self) -> impl Iterator<Item = (&Rc<ModuleEntry>, &BTreeSet<TenantId>)> {
+        self.modules.values().map(|m| (&m.entry, &m.owners))
+    }
+
+    /// A module read back from the journal, checked as an upload is.
+    pub(crate) fn restore(
+        &mut self,
+        bytes: Vec<u8>,
+        owners: impl IntoIterator<Item = TenantId>,
+    ) -> Result<(), wrun_abi::ModuleError> {
+        let digest = ModuleDigest::of(&bytes);
+        if let Some(known) = self.modules.get_mut(&digest) {
+            known.owners.extend(owners);
+            return Ok(());
+        }
+        let signatures = wrun_abi::read_task_signatures(&bytes)?;
+        self.modules.insert(
+            digest,
+            Owned {
+                entry: Rc::new(ModuleEntry {
+                    digest,
+                    bytes,
+                    signatures,
+                }),
+                owners: owners.into_iter().collect(),
+            },
+        );
+        Ok(())
+    }
+
     /// Bytes of the modules `tenant` owns.
     fn owned_bytes(&self, tenant: TenantId) -> u64 {
         self.modules

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use wrun_core::{Core, CoreConfig};
 use wrun_proto::SchedulerFile;
 use wrun_proto::tls::TlsIdentity;
@@ -44,6 +44,15 @@ pub struct SchedulerConfig {
     pub tls_identity: Option<(PathBuf, PathBuf)>,
     /// A file for tenants: the scheduler file without its secret.
     pub client_file: Option<PathBuf>,
+    /// A directory for the journal: a scheduler started on one replays
+    /// it, and workers that lost it rejoin.
+    pub journal: Option<PathBuf>,
+    /// How long a restarted scheduler waits for its workers to rejoin
+    /// with the results the journal says they have.
+    pub rejoin_timeout: Duration,
+    /// The journal is compacted when its tail passes this (and twice its
+    /// snapshot).
+    pub journal_compact_bytes: u64,
 }
 
 /// When a scheduler speaks TLS.
@@ -73,6 +82,9 @@ impl Default for SchedulerConfig {
             tls: TlsMode::default(),
             tls_identity: None,
             client_file: None,
+            journal: None,
+            rejoin_timeout: Duration::from_secs(10),
+            journal_compact_bytes: 64 << 20,
         }
     }
 }
@@ -149,10 +161,27 @@ impl Drop for SchedulerHandle {
 
 /// Binds, writes the scheduler file, and serves on a new thread.
 pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHandle> {
+    // A journal that is not one stops the start before anything listens.
+    let journal = match &config.journal {
+        Some(dir) => Some(
+            crate::journal::read(dir)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        ),
+        None => None,
+    };
+    let kept = match journal.as_ref().and_then(|j| j.as_ref()) {
+        Some(read) => crate::recovery::identity_of(read)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        None => None,
+    };
     let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?.to_string();
-    let secret = config.secret.clone().unwrap_or_else(wrun_proto::new_secret);
+    let secret = config
+        .secret
+        .clone()
+        .or_else(|| kept.as_ref().map(|k| k.secret.clone()))
+        .unwrap_or_else(wrun_proto::new_secret);
     let (tenants, token) = match &config.tenants_file {
         Some(path) => {
             let file = TenantsFile::load(path)
@@ -160,7 +189,10 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
             (Tenants::from_file(&file), None)
         }
         None => {
-            let token = crate::tenants::new_token();
+            let token = kept
+                .as_ref()
+                .and_then(|k| k.token.clone())
+                .unwrap_or_else(crate::tenants::new_token);
             (Tenants::single(&token), Some(token))
         }
     };
@@ -187,7 +219,21 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
     if let Some(path) = &config.client_file {
         handle.scheduler_file().write_public(path)?;
     }
+    let journal = match (&config.journal, journal) {
+        (Some(dir), Some(read)) => Some(JournalSetup {
+            dir: dir.clone(),
+            read,
+            identity: crate::recovery::Identity {
+                secret: secret.clone(),
+                token: handle.token.clone(),
+            },
+            rejoin_timeout: config.rejoin_timeout,
+            compact_bytes: config.journal_compact_bytes,
+        }),
+        _ => None,
+    };
     let setup = Setup {
+        journal,
         secret,
         tenants,
         core: config.core.clone(),
@@ -271,8 +317,18 @@ const TICK: Duration = Duration::from_millis(500);
 /// How late a tick may be before the loop counts as stalled.
 const TICK_SLACK: Duration = Duration::from_millis(250);
 
+/// The journal a scheduler starts on: its newest file, if any.
+struct JournalSetup {
+    dir: PathBuf,
+    read: Option<crate::journal::Read>,
+    identity: crate::recovery::Identity,
+    rejoin_timeout: Duration,
+    compact_bytes: u64,
+}
+
 /// What the serving thread starts from.
 struct Setup {
+    journal: Option<JournalSetup>,
     secret: String,
     tenants: Tenants,
     core: CoreConfig,
@@ -298,6 +354,12 @@ async fn serve(
         deferred_tx,
         shutdown_tx,
     )));
+    if let Some(journal) = setup.journal
+        && let Err(error) = start_journal(&shared, journal)
+    {
+        error!("{error}");
+        return Some(crate::EXIT_JOURNAL);
+    }
     let mut acceptor = Acceptor::new(shared.clone(), setup.connections, setup.acceptor);
     let mut hangups = match &setup.tenants_file {
         Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
@@ -345,6 +407,10 @@ async fn serve(
                     shared.borrow_mut().core.loop_stalled(stall, now);
                 }
                 remove_silent_workers(&shared);
+                if shared.borrow().recovery.is_some() {
+                    shared.borrow_mut().recovery_tick(Instant::now());
+                    flush(&shared);
+                }
                 let dropped = shared.borrow_mut().modules.drop_stale_uploads(Instant::now());
                 if dropped > 0 {
                     debug!(dropped, "unfinished uploads idle for a minute were dropped");
@@ -352,6 +418,45 @@ async fn serve(
             }
         }
     }
+}
+
+/// Replays the journal, if it has anything, and starts its next
+/// generation from a snapshot of the state it made (so a torn tail is left
+/// behind); then waits for workers to rejoin.
+fn start_journal(shared: &Shared, setup: JournalSetup) -> Result<(), crate::JournalError> {
+    let mut state = shared.borrow_mut();
+    let started = Instant::now();
+    let previous = setup.read.as_ref().map(|r| r.generation);
+    if let Some(read) = &setup.read {
+        if let Some(at) = read.torn_at {
+            warn!(
+                file = %read.path.display(),
+                at,
+                bytes = read.bytes.len(),
+                "the journal's last record is torn (the scheduler died while writing it); replaying up to it"
+            );
+        }
+        let replayed = crate::recovery::replay(&mut state, read)?;
+        info!(
+            records = replayed.records,
+            tasks = replayed.tasks,
+            jobs = replayed.jobs,
+            cancelled = replayed.cancelled,
+            ms = started.elapsed().as_millis() as u64,
+            "journal replayed"
+        );
+    }
+    let journaled = crate::recovery::Journaled::start(
+        &state,
+        setup.dir,
+        previous,
+        setup.identity,
+        setup.compact_bytes,
+    )?;
+    state.journaled = Some(journaled);
+    state.begin_recovery(setup.rejoin_timeout);
+    info!(ms = started.elapsed().as_millis() as u64, "journal ready");
+    Ok(())
 }
 
 /// SIGHUP: reads the tenants file again. Tenants whose entry did not

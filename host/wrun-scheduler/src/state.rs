@@ -76,6 +76,10 @@ pub(crate) struct Outbox {
     pub(crate) free: BTreeMap<WorkerId, Vec<TaskId>>,
     pub(crate) replicate: BTreeMap<WorkerId, Vec<(TaskId, WorkerId)>>,
     pub(crate) client: BTreeMap<ClientId, Vec<(TaskId, ClientEvent)>>,
+    /// What the journal records of the core's decisions (see `recovery.rs`).
+    pub(crate) finished: Vec<(TaskId, u64)>,
+    pub(crate) failed: Vec<(TaskId, String, String)>,
+    pub(crate) forgotten: Vec<TaskId>,
 }
 
 impl Comm<Payload> for Outbox {
@@ -106,16 +110,22 @@ impl Comm<Payload> for Outbox {
         self.replicate.entry(to).or_default().push((task, from));
     }
     fn done(&mut self, client: ClientId, task: TaskId, _worker: WorkerId, size: u64) {
+        self.finished.push((task, size));
         self.client
             .entry(client)
             .or_default()
             .push((task, ClientEvent::Done(size)));
     }
     fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure) {
-        self.client.entry(client).or_default().push((
-            task,
-            ClientEvent::Failed(failure_kind(failure).to_owned(), failure.to_string()),
-        ));
+        let (kind, message) = (failure_kind(failure).to_owned(), failure.to_string());
+        self.failed.push((task, kind.clone(), message.clone()));
+        self.client
+            .entry(client)
+            .or_default()
+            .push((task, ClientEvent::Failed(kind, message)));
+    }
+    fn forgotten(&mut self, task: TaskId) {
+        self.forgotten.push(task);
     }
 }
 
@@ -162,6 +172,10 @@ pub(crate) struct State {
     pub(crate) shutdown: Option<tokio::sync::oneshot::Sender<i32>>,
     /// Shutting down: workers that register now are told to exit at once.
     pub(crate) shutting_down: bool,
+    /// The journal, when the scheduler keeps one.
+    pub(crate) journaled: Option<crate::recovery::Journaled>,
+    /// A restart waiting for workers to rejoin with their results.
+    pub(crate) recovery: Option<crate::recovery::Recovery>,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;
@@ -192,6 +206,8 @@ impl State {
             progress: Rc::new(tokio::sync::Notify::new()),
             shutdown: Some(shutdown),
             shutting_down: false,
+            journaled: None,
+            recovery: None,
         };
         state.apply_tenant_shares();
         state
@@ -240,10 +256,11 @@ impl State {
         }
     }
 
-    /// A fresh number from [`State::next_id`].
-    pub(crate) fn next_id(&mut self) -> u64 {
+    /// A fresh number from [`State::next_id`] (reserved in the journal).
+    pub(crate) fn next_id(&mut self) -> Result<u64, crate::journal::NotDurable> {
+        self.reserve_ids(1)?;
         self.next_id += 1;
-        self.next_id
+        Ok(self.next_id)
     }
 
     pub(crate) fn remove_worker(&mut self, worker: WorkerId) {

@@ -336,6 +336,26 @@ impl Tenants {
     pub(crate) fn all(&self) -> impl Iterator<Item = &Tenant> {
         self.by_id.values()
     }
+
+    /// A tenant's name, as the journal records it (the operator's too).
+    pub(crate) fn name_of(&self, id: TenantId) -> &str {
+        if id == OPERATOR_ID {
+            return OPERATOR;
+        }
+        self.by_id.get(&id).map_or("", |t| t.name.as_str())
+    }
+
+    /// The tenant named so now (a journal read after a reload may name one
+    /// that is gone).
+    pub(crate) fn id_of(&self, name: &str) -> Option<TenantId> {
+        if name == OPERATOR {
+            return Some(OPERATOR_ID);
+        }
+        self.ids
+            .get(name)
+            .copied()
+            .filter(|id| self.by_id.contains_key(id))
+    }
 }
 
 /// A tenant's record (`None` for the operator, who has no quotas).

@@ -7,7 +7,7 @@ use capnp::capability::Rc as CapRc;
 use tokio::sync::mpsc;
 use tracing::info;
 use wrun_core::{Failure, TaskId, WorkerId};
-use wrun_proto::wrun_capnp::{worker_event, worker_session};
+use wrun_proto::wrun_capnp::{held_result, worker_event, worker_session};
 use wrun_proto::{chunk_at, failed};
 
 use crate::encode::flush;
@@ -24,6 +24,15 @@ impl Drop for WorkerSessionImpl {
     fn drop(&mut self) {
         let _ = self.deferred.send(Deferred::WorkerGone(self.worker));
     }
+}
+
+/// The results a rejoining worker says it kept.
+pub(crate) fn held_results(
+    list: capnp::struct_list::Reader<'_, held_result::Owned>,
+) -> Vec<(TaskId, u64)> {
+    list.iter()
+        .map(|h| (TaskId(h.get_task()), h.get_size()))
+        .collect()
 }
 
 fn removed() -> capnp::Error {
@@ -138,6 +147,23 @@ impl worker_session::Server for WorkerSessionImpl {
         conn.held_bytes = params.get_held_bytes();
         conn.spilled_bytes = params.get_spilled_bytes();
         state.core.heartbeat(self.worker, Instant::now());
+        Ok(())
+    }
+
+    async fn held(
+        self: CapRc<Self>,
+        params: worker_session::HeldParams,
+        _: worker_session::HeldResults,
+    ) -> Result<(), capnp::Error> {
+        let held = held_results(params.get()?.get_results()?);
+        {
+            let mut state = self.shared.borrow_mut();
+            if !state.workers.contains_key(&self.worker) {
+                return Err(removed());
+            }
+            state.results_held(self.worker, &held);
+        }
+        flush(&self.shared);
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub slurm_job_id: Option<String>,
     /// When results go to disk; `None` keeps them all in memory.
     pub spill: Option<SpillConfig>,
+    /// How long a worker that lost a scheduler keeping a journal waits for
+    /// it to come back, keeping its results, before it gives up.
+    pub rejoin_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -80,6 +83,7 @@ impl WorkerConfig {
             retire_when: None,
             slurm_job_id: None,
             spill: None,
+            rejoin_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -159,6 +159,11 @@ impl EventOutbox {
         self.lock().len()
     }
 
+    /// Drops every event not yet sent (they were for a scheduler that is gone).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// The oldest events gathered so far, in order, up to
     /// [`wrun_proto::BATCH_BYTES`] of them (at least one), so that a batch
     /// of chatty tasks' captured output never exceeds what the scheduler

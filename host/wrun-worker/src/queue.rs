@@ -259,6 +259,25 @@ impl TaskQueue {
         self.lock().queued.is_empty()
     }
 
+    /// The scheduler that assigned everything here is gone: queued jobs
+    /// are dropped, running ones are told to stop, and those still being
+    /// prepared are dropped when ready. Results already made stay.
+    pub(crate) fn abandon_all(&self) {
+        let mut inner = self.lock();
+        inner.queued = FairQueue::default();
+        for flag in inner.running.values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        for cancelled in inner.preparing.values_mut() {
+            *cancelled = true;
+        }
+    }
+
+    /// How many jobs the executors are running now.
+    pub(crate) fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
     /// Wakes every executor to end.
     pub(crate) fn stop(&self) {
         self.lock().stopped = true;
@@ -295,6 +314,30 @@ mod tests {
             order.push(job.task.0);
         }
         order
+    }
+
+    #[test]
+    fn abandoning_drops_the_queue_and_stops_what_runs() {
+        let queue = TaskQueue::default();
+        queue.push(job(1));
+        queue.push(job(2));
+        queue.preparing(TaskId(3));
+        let (running, flag) = queue.take().unwrap();
+        queue.abandon_all();
+        assert!(
+            flag.load(Ordering::Relaxed),
+            "the running job is told to stop"
+        );
+        assert!(queue.is_empty());
+        assert!(
+            !queue.push(job(3)),
+            "a job prepared for the old scheduler is dropped"
+        );
+        assert_eq!(queue.running(), 1);
+        queue.finished(running.task);
+        assert_eq!(queue.running(), 0);
+        queue.push(job(4));
+        assert_eq!(drain(&queue), vec![4]);
     }
 
     #[test]

@@ -407,6 +407,23 @@ impl ResultStore {
         }
     }
 
+    /// Every result held here, with its size (for a scheduler restarted
+    /// on its journal, which asks what survived).
+    pub(crate) fn held(&self) -> Vec<(TaskId, u64)> {
+        let values = self.lock();
+        values
+            .slots
+            .iter()
+            .map(|(task, slot)| {
+                let size = match slot {
+                    Slot::Memory { bytes, .. } | Slot::Writing { bytes, .. } => bytes.len() as u64,
+                    Slot::Disk { len, .. } => *len,
+                };
+                (*task, size)
+            })
+            .collect()
+    }
+
     /// Bytes held in all, and of them on disk (a value being written
     /// counts once, in memory).
     pub(crate) fn held_and_spilled(&self) -> (u64, u64) {

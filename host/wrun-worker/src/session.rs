@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wrun_proto::SchedulerFile;
 use wrun_proto::capnp_rpc::rpc_twoparty_capnp::Side;
 use wrun_proto::wrun_capnp::{cluster, worker_control, worker_session};
@@ -54,14 +54,97 @@ pub(crate) async fn serve(
         .map(|i| i.certificate_der().to_vec())
         .unwrap_or_default();
 
+    let shutdown = Rc::new(tokio::sync::Notify::new());
+    // Set once a scheduler that keeps a journal is lost: until then this
+    // worker waits for it to come back, keeping its results.
+    let mut rejoin_by: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = join(
+            &config,
+            &state,
+            (&peer_address, &peer_certificate),
+            &shutdown,
+            rejoin_by.is_some(),
+        )
+        .await;
+        let (session, ended, journaled) = match (joined, rejoin_by) {
+            (Ok(joined), _) => joined,
+            (Err(error), None) => return Err(error),
+            (Err(error), Some(deadline)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(
+                        "the scheduler did not come back within {} s; leaving",
+                        config.rejoin_timeout.as_secs()
+                    );
+                    return Err(error);
+                }
+                debug!("the scheduler is not back yet: {error}");
+                tokio::time::sleep(REJOIN_POLL).await;
+                continue;
+            }
+        };
+        let reason = tokio::select! {
+            reason = ended => reason.unwrap_or_else(|_| "closed".to_owned()),
+            reason = send_events(&session, &state) => reason,
+            reason = heartbeats(&session, &state) => reason,
+            departure = retirement(&config, &session) => return Ok(departure),
+            _ = shutdown.notified() => {
+                info!("the cluster is shutting down");
+                return Ok(Departure::Shutdown);
+            }
+        };
+        info!("scheduler connection ended: {reason}");
+        if !journaled {
+            return Err(WorkerError::Disconnected(reason));
+        }
+        abandon_work(&state).await;
+        warn!(
+            results = state.results.held().len(),
+            "lost the scheduler, which keeps a journal: keeping the results and waiting up to {} s for it to come back",
+            config.rejoin_timeout.as_secs()
+        );
+        rejoin_by = Some(tokio::time::Instant::now() + config.rejoin_timeout);
+    }
+}
+
+/// How often a worker that lost its scheduler tries it again.
+const REJOIN_POLL: Duration = Duration::from_millis(200);
+/// Results a rejoining worker names per message.
+const HELD_PER_MESSAGE: usize = 100_000;
+
+/// Connects and registers (naming the results kept from before, when
+/// rejoining); returns the session, what fires when the connection ends,
+/// and whether the scheduler keeps a journal.
+async fn join(
+    config: &WorkerConfig,
+    state: &Arc<WorkerState>,
+    peer: (&str, &[u8]),
+    shutdown: &Rc<tokio::sync::Notify>,
+    rejoining: bool,
+) -> Result<
+    (
+        worker_session::Client,
+        tokio::sync::oneshot::Receiver<String>,
+        bool,
+    ),
+    WorkerError,
+> {
     let Connected {
         cluster,
         address,
         secret,
-        ended: disconnected,
-    } = connect(&config).await?;
+        ended,
+    } = if rejoining {
+        connect_once(config).await?
+    } else {
+        connect(config).await?
+    };
+    if state.secret.get().is_some_and(|known| *known != secret) {
+        return Err(WorkerError::Refused(
+            "the scheduler came back with another cluster secret; this worker's results cannot be vouched for".to_owned(),
+        ));
+    }
     let _ = state.secret.set(secret.clone());
-    let shutdown = Rc::new(tokio::sync::Notify::new());
     let (session_tx, session_rx) = tokio::sync::watch::channel(None);
     let control: worker_control::Client = capnp_rpc::new_client(ControlImpl {
         state: state.clone(),
@@ -70,29 +153,52 @@ pub(crate) async fn serve(
         peers: Peers::default(),
         shutdown: shutdown.clone(),
     });
-    let session = register(
-        &config,
-        &cluster,
-        &secret,
-        (&peer_address, &peer_certificate),
-        control,
-    )
-    .await?;
-    let _ = session_tx.send(Some(session.clone()));
-    info!(name = %config.name, %address, %peer_address, threads = config.threads, "worker registered");
-
-    let reason = tokio::select! {
-        reason = disconnected => reason.unwrap_or_else(|_| "closed".to_owned()),
-        reason = send_events(&session, &state) => reason,
-        reason = heartbeats(&session, &state) => reason,
-        departure = retirement(&config, &session) => return Ok(departure),
-        _ = shutdown.notified() => {
-            info!("the cluster is shutting down");
-            return Ok(Departure::Shutdown);
-        }
+    let held = if rejoining {
+        state.results.held()
+    } else {
+        Vec::new()
     };
-    info!("scheduler connection ended: {reason}");
-    Err(WorkerError::Disconnected(reason))
+    let (first, rest) = held.split_at(held.len().min(HELD_PER_MESSAGE));
+    let (session, journaled) = register(config, &cluster, &secret, peer, control, first).await?;
+    for chunk in rest.chunks(HELD_PER_MESSAGE) {
+        let mut request = session.held_request();
+        write_held(request.get().init_results(chunk.len() as u32), chunk);
+        request
+            .send()
+            .promise
+            .await
+            .map_err(|e| WorkerError::Disconnected(e.to_string()))?;
+    }
+    let _ = session_tx.send(Some(session.clone()));
+    if rejoining {
+        info!(name = %config.name, %address, results = held.len(), "worker rejoined the scheduler with the results it kept");
+    } else {
+        info!(name = %config.name, %address, peer_address = %peer.0, threads = config.threads, "worker registered");
+    }
+    Ok((session, ended, journaled))
+}
+
+fn write_held(
+    mut list: capnp::struct_list::Builder<'_, wrun_proto::wrun_capnp::held_result::Owned>,
+    held: &[(wrun_proto::TaskId, u64)],
+) {
+    for (i, (task, size)) in held.iter().enumerate() {
+        let mut h = list.reborrow().get(i as u32);
+        h.set_task(task.0);
+        h.set_size(*size);
+    }
+}
+
+/// Stops everything the lost scheduler had asked for: the queue is
+/// dropped, running tasks are stopped (bounded), and unsent events go.
+/// The results made stay.
+async fn abandon_work(state: &WorkerState) {
+    state.queue.abandon_all();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.queue.running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    state.events.clear();
 }
 
 /// A connection to the scheduler, before registering.
@@ -166,6 +272,24 @@ async fn connect(config: &WorkerConfig) -> Result<Connected, WorkerError> {
     })
 }
 
+/// One attempt at the scheduler, reading its file afresh (a restarted
+/// scheduler rewrites it with its new address).
+async fn connect_once(config: &WorkerConfig) -> Result<Connected, WorkerError> {
+    let once = WorkerConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..config.clone()
+    };
+    if let SchedulerTarget::File(path) = &config.scheduler
+        && !path.exists()
+    {
+        return Err(WorkerError::Disconnected(format!(
+            "{} is not there yet",
+            path.display()
+        )));
+    }
+    connect(&once).await
+}
+
 /// Registers with the cluster secret; returns the worker's session.
 async fn register(
     config: &WorkerConfig,
@@ -173,12 +297,14 @@ async fn register(
     secret: &str,
     (peer_address, peer_certificate): (&str, &[u8]),
     control: worker_control::Client,
-) -> Result<worker_session::Client, WorkerError> {
+    held: &[(wrun_proto::TaskId, u64)],
+) -> Result<(worker_session::Client, bool), WorkerError> {
     let mut request = cluster.register_worker_request();
     {
         let mut p = request.get();
         p.set_secret(secret);
         p.set_control(control);
+        write_held(p.reborrow().init_held(held.len() as u32), held);
         let mut info = p.init_info();
         info.set_name(&config.name);
         info.set_threads(config.threads.max(1));
@@ -202,10 +328,13 @@ async fn register(
             WorkerError::Refused(e.to_string())
         }
     })?;
-    response
+    let r = response
         .get()
-        .and_then(|r| r.get_session())
-        .map_err(|e| WorkerError::Refused(e.to_string()))
+        .map_err(|e| WorkerError::Refused(e.to_string()))?;
+    let session = r
+        .get_session()
+        .map_err(|e| WorkerError::Refused(e.to_string()))?;
+    Ok((session, r.get_journaled()))
 }
 
 /// Sends whatever accumulated while the previous batch was in flight.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 
 use crate::args::ServeArgs;
 use crate::exit::{CommandResult, Failure, clamp_code};
@@ -28,7 +28,18 @@ impl SchedulerCommand {
                 outln!("scheduler file: {}", path.display());
             }
         })
-        .context("running the scheduler")?;
+        .map_err(|error| {
+            // A journal that is not one is the caller's to fix, like a bad flag.
+            let journal = error
+                .get_ref()
+                .is_some_and(|e| e.is::<wrun_scheduler::JournalError>());
+            let error = anyhow::Error::new(error).context("starting the scheduler");
+            if journal {
+                Failure::with_code(2, error)
+            } else {
+                Failure::from(error)
+            }
+        })?;
         match code {
             Some(code) if code != 0 => Err(Failure::with_code(
                 clamp_code(code),

@@ -91,6 +91,10 @@ pub(crate) struct WorkerCommand {
     /// removed when the worker ends) [default: $TMPDIR or /tmp].
     #[arg(long, env = "WRUN_SPILL_DIR")]
     spill_dir: Option<std::path::PathBuf>,
+    /// How long the worker waits, keeping its results, for a scheduler
+    /// that keeps a journal to come back after losing it.
+    #[arg(long, env = "WRUN_REJOIN_TIMEOUT", default_value = "60s")]
+    rejoin_timeout: HumanDuration,
     /// The most the compiled-module cache keeps on disk (least recently used go first).
     #[arg(long, env = "WRUN_CACHE_SIZE", default_value = "1GiB")]
     cache_size: ByteSize,
@@ -179,6 +183,7 @@ impl WorkerCommand {
                 hold_bytes: (self.memory.0 as f64 * HOLD_FRACTION) as u64,
                 limit_bytes: self.spill_limit.0,
             }),
+            rejoin_timeout: self.rejoin_timeout.0,
         })
     }
 
