@@ -111,7 +111,11 @@ interface Cluster {
   info @0 () -> (protocolVersion :UInt32, workers :UInt32);
   # A client session. The token is checked once tenants exist; today any
   # token is accepted and the session sees only its own tasks.
-  connectClient @1 (token :Text, listener :TaskListener) -> (session :ClientSession);
+  # `resume` (id 0: none) takes back a session of the scheduler's previous
+  # run, restored from its journal, with the ticket that run gave. The
+  # answer's ticket resumes this session after a restart; `journaled` says
+  # whether there can be one.
+  connectClient @1 (token :Text, listener :TaskListener, resume :SessionTicket) -> (session :ClientSession, ticket :SessionTicket, journaled :Bool);
   # A worker joins with the cluster secret and the capability the scheduler
   # uses to command it.
   # `held` lists results it keeps from before (it lost a scheduler that
@@ -123,6 +127,11 @@ interface Cluster {
   # with `exitCode` (`wrun mpi` ends the job with its client's code).
   # Needs the cluster secret.
   shutdown @3 (secret :Text, exitCode :Int32) -> ();
+}
+
+struct SessionTicket {
+  id @0 :UInt64;
+  secret @1 :Data;
 }
 
 interface TaskListener {
@@ -290,6 +299,20 @@ struct JournalRecord {
       job @12 :Text;
       keys @13 :List(UInt64);
       tasks @14 :List(UInt64);
+    }
+    # A client session, resumable after a restart with the ticket whose
+    # secret hashes (SHA-256) to this.
+    session :group {
+      id @15 :UInt64;
+      tenant @16 :Text;
+      ticketHash @17 :Data;
+    }
+    sessionClosed @18 :UInt64;
+    # A session adopted a job: its tasks are the session's now.
+    adopted :group {
+      tenant @19 :Text;
+      job @20 :Text;
+      session @21 :UInt64;
     }
   }
 }

@@ -216,8 +216,12 @@ impl Drop for Procs {
         // SIGTERM first, so `wrun local` and nannies stop what they started;
         // SIGKILL whatever is left after a bounded wait.
         for proc in &mut self.procs {
+            if proc.child.try_wait().ok().flatten().is_some() {
+                continue; // already ended (and reaped): nothing to signal
+            }
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &proc.child.id().to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -441,6 +441,66 @@ fn a_worker_whose_walltime_ends_mid_map_retires_first_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_scheduler_killed_under_slurm_up_comes_back_on_its_journal_and_loses_nothing() {
+    let _slurm = slurm();
+    let cluster = SlurmCluster::new("journal");
+    let up = cluster.up(&["--workers", "1", "--walltime", "00:10:00"]);
+    assert_eq!(up.code, Some(0), "{up:?}");
+    let job = job_ids(&up.stdout).pop().unwrap();
+    let journal = PathBuf::from(format!("{}.journal", cluster.file()));
+    assert!(journal.is_dir(), "no journal beside the scheduler file");
+    let calls = slow_calls(&cluster.dir, 300, 1000);
+    let detached = wrun(&[
+        "submit",
+        "--scheduler-file",
+        cluster.file(),
+        TEST_GUESTS_WASM,
+        "slow_square",
+        "--args-file",
+        calls.to_str().unwrap(),
+        "--detach",
+        "--job",
+        "squares",
+    ]);
+    assert_eq!(detached.code, Some(0), "{detached:?}");
+    wait_until("the whole map", LONG, || {
+        cluster.client().status().unwrap().tasks.done == 300
+    });
+    let pid = |file: &Path| -> u64 {
+        serde_json::from_str::<Json>(&std::fs::read_to_string(file).unwrap()).unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = pid(&cluster.file);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("the scheduler to die", LONG, || {
+        !Path::new(&format!("/proc/{first}")).exists()
+            || std::fs::read_to_string(format!("/proc/{first}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    // `up` again: the scheduler starts on its journal; no new job is needed,
+    // the worker job's worker rejoins with what it kept.
+    let again = cluster.up(&["--workers", "0"]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_ne!(pid(&cluster.file), first);
+    let gathered = wrun(&["gather", "--scheduler-file", cluster.file(), "squares"]);
+    assert_eq!(gathered.code, Some(0), "{gathered:?}");
+    check_squares(&gathered.stdout, 300);
+    let status = cluster.client().status().unwrap();
+    assert_eq!(status.recomputed, 0, "{status:?}");
+    let workers = slurm_workers(&cluster.client());
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].slurm_job_id.as_deref(), Some(job.as_str()));
+    // `down` ends the cluster, and its journal with it.
+    assert_eq!(cluster.down().code, Some(0));
+    assert!(!journal.exists(), "the journal outlived down");
+}
+
+#[test]
 fn scancel_of_a_worker_job_mid_map_loses_nothing() {
     let _slurm = slurm();
     let cluster = SlurmCluster::new("scancel");

@@ -17,6 +17,9 @@ use crate::error::{ClientError, rpc_error};
 use crate::submit::TaskOptions;
 use crate::task_future::TaskFuture;
 
+/// Times a call is made before its loss of connection is the answer.
+const MAX_ATTEMPTS: u32 = 5;
+
 /// A connection to a wrun scheduler, with one client session.
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -66,17 +69,31 @@ impl Client {
         self.options = options;
     }
 
-    /// Runs `job` on the connection thread and waits for its answer.
+    /// Runs `job` on the connection thread and waits for its answer. A job
+    /// cut off by the loss of a scheduler that keeps a journal runs again,
+    /// whole, on the resumed session (at most [`MAX_ATTEMPTS`] times).
     pub(crate) fn call<T: Send + 'static>(
         &self,
-        job: impl FnOnce(client_session::Client) -> LocalBoxFuture<'static, Result<T, ClientError>>
+        job: impl Fn(client_session::Client) -> LocalBoxFuture<'static, Result<T, ClientError>>
         + Send
+        + Sync
         + 'static,
     ) -> Result<T, ClientError> {
         let (tx, rx) = std_mpsc::channel();
-        let command = Command::Call(Box::new(move |session| {
+        let inner = self.inner.clone();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let command = Command::Call(Arc::new(move |session| {
+            let tx = tx.clone();
+            let future = job(session);
+            let again = inner.resumable.load(Ordering::Relaxed)
+                && attempts.fetch_add(1, Ordering::Relaxed) + 1 < MAX_ATTEMPTS;
             Box::pin(async move {
-                let _ = tx.send(job(session).await);
+                let result = future.await;
+                if again && matches!(result, Err(ClientError::Disconnected(_))) {
+                    return true;
+                }
+                let _ = tx.send(result);
+                false
             })
         }));
         self.inner

@@ -3,7 +3,7 @@
 //! it, and records the task events the scheduler sends (`TaskListener`).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::Duration;
 
@@ -50,8 +50,11 @@ impl TaskTable {
     }
 }
 
-/// Work for the connection thread.
-pub(crate) type Job = Box<dyn FnOnce(client_session::Client) -> LocalBoxFuture<'static, ()> + Send>;
+/// Work for the connection thread: a call, which answers whether it should
+/// run again on the session resumed after a restart (the connection was
+/// lost under it).
+pub(crate) type Job =
+    Arc<dyn Fn(client_session::Client) -> LocalBoxFuture<'static, bool> + Send + Sync>;
 
 pub(crate) enum Command {
     Call(Job),
@@ -73,6 +76,9 @@ pub(crate) struct Inner {
     /// Keys whose last handle dropped, released in one call.
     pub(crate) releases: Mutex<Vec<TaskKey>>,
     pub(crate) next_key: AtomicU64,
+    /// The scheduler keeps a journal: a lost connection is resumed (the
+    /// session survives its restart), and calls cut off are made again.
+    pub(crate) resumable: AtomicBool,
 }
 
 impl Inner {
@@ -112,6 +118,7 @@ pub(crate) fn start(
         changed: Condvar::new(),
         releases: Mutex::new(Vec::new()),
         next_key: AtomicU64::new(1),
+        resumable: AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), ClientError>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -192,17 +199,29 @@ impl task_listener::Server for Listener {
     }
 }
 
-/// Connects and opens the session: the session, and the disconnector that
-/// ends the connection cleanly.
+/// An open session.
+struct Opened {
+    session: client_session::Client,
+    /// Ends the connection cleanly.
+    disconnector: capnp_rpc::Disconnector<Side>,
+    /// Fires with the reason once the connection ends.
+    ended: tokio::sync::oneshot::Receiver<String>,
+    /// Resumes the session after the scheduler restarts (id 0: none).
+    ticket: (u64, Vec<u8>),
+    journaled: bool,
+}
+
+/// Connects and opens the session (or resumes the one `resume` names).
 async fn open(
     target: &Target,
-    credentials: Credentials,
+    credentials: &Credentials,
     timeout: Duration,
     inner: &Arc<Inner>,
-) -> Result<(client_session::Client, capnp_rpc::Disconnector<Side>), ClientError> {
+    resume: Option<&(u64, Vec<u8>)>,
+) -> Result<Opened, ClientError> {
     // The token: the one given, else the scheduler file's (a cluster
     // without tenants), else its cluster secret (the operator's).
-    let Credentials { token, certificate } = credentials;
+    let Credentials { token, certificate } = credentials.clone();
     let (address, token, certificate) = match target {
         Target::File(path) => {
             let file = SchedulerFile::wait_for(path, timeout).await?;
@@ -219,26 +238,77 @@ async fn open(
     let mut rpc = wrun_proto::rpc_system(stream, Side::Client, None);
     let cluster: cluster::Client = rpc.bootstrap(Side::Server);
     let disconnector = rpc.get_disconnector();
-    let rpc_inner = inner.clone();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
     tokio::task::spawn_local(async move {
         let reason = match rpc.await {
             Ok(()) => "the scheduler closed the connection".to_owned(),
             Err(error) => error.to_string(),
         };
-        rpc_inner.table().disconnected = Some(reason);
-        rpc_inner.changed.notify_all();
+        let _ = ended_tx.send(reason);
     });
     let mut request = cluster.connect_client_request();
     request.get().set_token(&token);
     request.get().set_listener(capnp_rpc::new_client(Listener {
         inner: inner.clone(),
     }));
+    if let Some((id, secret)) = resume {
+        let mut ticket = request.get().init_resume();
+        ticket.set_id(*id);
+        ticket.set_secret(secret);
+    }
     let response = request.send().promise.await.map_err(rpc_error)?;
-    let session = response
-        .get()
-        .and_then(|r| r.get_session())
-        .map_err(rpc_error)?;
-    Ok((session, disconnector))
+    let r = response.get().map_err(rpc_error)?;
+    let session = r.get_session().map_err(rpc_error)?;
+    let ticket = match resume {
+        Some(ticket) => ticket.clone(),
+        None => {
+            let t = r.get_ticket().map_err(rpc_error)?;
+            (t.get_id(), t.get_secret().map_err(rpc_error)?.to_vec())
+        }
+    };
+    Ok(Opened {
+        session,
+        disconnector,
+        ended,
+        ticket,
+        journaled: r.get_journaled(),
+    })
+}
+
+/// How long a client tries to resume its session after losing a scheduler
+/// that keeps a journal.
+const RESUME_FOR: Duration = Duration::from_secs(60);
+
+/// Tries to resume the session, with a back-off from 50 ms to 1 s, until
+/// [`RESUME_FOR`] has passed.
+async fn resume(
+    target: &Target,
+    credentials: &Credentials,
+    inner: &Arc<Inner>,
+    ticket: &(u64, Vec<u8>),
+) -> Result<Opened, ClientError> {
+    let deadline = tokio::time::Instant::now() + RESUME_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match open(
+            target,
+            credentials,
+            left.min(Duration::from_secs(2)),
+            inner,
+            Some(ticket),
+        )
+        .await
+        {
+            Ok(opened) => return Ok(opened),
+            // The scheduler is back but has not the session: no use trying again.
+            Err(error @ ClientError::Refused(_)) => return Err(error),
+            Err(error) if left.is_zero() => return Err(error),
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 async fn run(
@@ -250,26 +320,78 @@ async fn run(
     ready: std_mpsc::Sender<Result<(), ClientError>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let (session, disconnector) = match open(&target, credentials, timeout, &inner).await {
-        Ok(pair) => pair,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
+    // A scheduler that dies between accepting the connection and answering
+    // leaves no session behind worth resuming: open a new one, within the
+    // time-out (a scheduler file names the restarted scheduler).
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut opened = loop {
+        match open(&target, &credentials, timeout, &inner, None).await {
+            Ok(opened) => break opened,
+            Err(ClientError::Disconnected(reason))
+                if matches!(target, Target::File(_)) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(
+                    "the scheduler went away while the session opened ({reason}); again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
         }
     };
+    inner.resumable.store(opened.journaled, Ordering::Relaxed);
     let _ = ready.send(Ok(()));
+    let disconnected = |reason: String| {
+        inner.table().disconnected = Some(reason);
+        inner.changed.notify_all();
+    };
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            reason = &mut opened.ended => {
+                let reason = reason.unwrap_or_else(|_| "the connection ended".to_owned());
+                if !opened.journaled {
+                    disconnected(reason);
+                    break;
+                }
+                tracing::warn!("lost the scheduler ({reason}); it keeps a journal, so resuming the session");
+                let resumed = tokio::select! {
+                    _ = &mut stop => break,
+                    resumed = resume(&target, &credentials, &inner, &opened.ticket) => resumed,
+                };
+                match resumed {
+                    Ok(again) => {
+                        tracing::info!("session resumed");
+                        opened = again;
+                    }
+                    Err(error) => {
+                        disconnected(format!("{reason}; resuming the session failed: {error}"));
+                        break;
+                    }
+                }
+            }
             command = commands.recv() => match command {
                 None => break,
                 Some(Command::Call(job)) => {
-                    tokio::task::spawn_local(job(session.clone()));
+                    let again = inner.commands.clone();
+                    let future = job(opened.session.clone());
+                    tokio::task::spawn_local(async move {
+                        if future.await {
+                            let _ = again.send(Command::Call(job));
+                        }
+                    });
                 }
-                Some(Command::FlushReleases) => flush_releases(&inner, &session),
+                Some(Command::FlushReleases) => flush_releases(&inner, &opened.session),
             }
         }
     }
+    let Opened {
+        session,
+        disconnector,
+        ..
+    } = opened;
     drop(session);
     let _ = disconnector.await;
 }

@@ -30,7 +30,9 @@ impl Client {
             .filter(|(_, s)| s.is_ok())
             .map(|(f, _)| f.key())
             .collect();
+        let wanted = std::sync::Arc::new(wanted);
         let mut values = self.call(move |session| {
+            let wanted = wanted.clone();
             Box::pin(async move {
                 let mut map = HashMap::with_capacity(wanted.len());
                 let mut one_by_one = Vec::new();

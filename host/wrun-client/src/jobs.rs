@@ -36,6 +36,8 @@ impl Client {
         let keys: Vec<TaskKey> = futures.iter().map(TaskFuture::key).collect();
         let job = job.to_owned();
         let name = self.call(move |session| {
+            let keys = keys.clone();
+            let job = job.clone();
             Box::pin(async move {
                 let mut request = session.detach_request();
                 let mut list = request.get().init_keys(keys.len() as u32);
@@ -61,6 +63,7 @@ impl Client {
     pub fn adopt(&self, job: &str) -> Result<Vec<TaskFuture>, ClientError> {
         let job = job.to_owned();
         let (keys, finished) = self.call(move |session| {
+            let job = job.clone();
             Box::pin(async move {
                 let mut request = session.adopt_request();
                 request.get().set_job(&job);
@@ -102,6 +105,7 @@ impl Client {
     pub fn cancel(&self, futures: Vec<TaskFuture>) -> Result<(), ClientError> {
         let keys: Vec<TaskKey> = futures.iter().map(TaskFuture::key).collect();
         self.call(move |session| {
+            let keys = keys.clone();
             Box::pin(async move {
                 let mut request = session.cancel_request();
                 let mut list = request.get().init_keys(keys.len() as u32);

@@ -199,7 +199,9 @@ impl Client {
             }
         }
         let keys: Vec<TaskKey> = submissions.iter().map(|s| s.key).collect();
+        let submissions = std::sync::Arc::new(submissions);
         let result = self.call(move |session| {
+            let submissions = submissions.clone();
             Box::pin(async move {
                 let mut request = session.submit_request();
                 let mut list = request.get().init_tasks(submissions.len() as u32);

@@ -33,8 +33,9 @@ impl Client {
     pub fn upload(&self, bytes: &[u8]) -> Result<Module, ClientError> {
         let tasks = wrun_abi::read_task_signatures(bytes)?;
         let digest = ModuleDigest::of(bytes);
-        let bytes = bytes.to_vec();
+        let bytes = Arc::new(bytes.to_vec());
         self.call(move |session| {
+            let bytes = bytes.clone();
             Box::pin(async move {
                 let mut request = session.has_module_request();
                 request.get().set_digest(&digest.0);

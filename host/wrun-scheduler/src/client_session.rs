@@ -175,7 +175,14 @@ impl client_session::Server for ClientSessionImpl {
         {
             let mut state = self.shared.borrow_mut();
             let state = &mut *state;
-            state.clients.get(&self.client).ok_or_else(closed)?;
+            let conn = state.clients.get(&self.client).ok_or_else(closed)?;
+            if conn.resumed
+                && !requests.is_empty()
+                && requests.iter().all(|r| conn.keys.contains_key(&r.key))
+            {
+                // Sent again after a restart: accepted the first time.
+                return Ok(());
+            }
             state
                 .reserve_ids(requests.len() as u64)
                 .map_err(|e| failed(e.to_string()))?;
@@ -416,6 +423,11 @@ impl client_session::Server for ClientSessionImpl {
             state.core.set_client(*task, self.client);
         }
         info!(target: "wrun::audit", tenant = tenant.0, job = %name, tasks = job.len(), "job adopted");
+        let client = self.client;
+        state.journal(|state| {
+            crate::recovery::adopted_record(state.tenants.name_of(tenant), &name, client)
+        });
+        drop(state.journal_hand_over());
         Ok(())
     }
 

@@ -41,6 +41,38 @@ fn refused_token() -> capnp::Error {
     )
 }
 
+impl ClusterImpl {
+    /// Answers `connectClient` with the session (and, for a new one, the
+    /// ticket that resumes it after a restart).
+    async fn hand_out_session(
+        &self,
+        client: ClientId,
+        ticket_secret: Option<String>,
+        mut results: cluster::ConnectClientResults,
+    ) -> Result<(), capnp::Error> {
+        let (deferred, journaled) = {
+            let state = self.shared.borrow();
+            (state.deferred.clone(), state.journaled.is_some())
+        };
+        self.opened.set(true);
+        let mut r = results.get();
+        r.set_journaled(journaled);
+        if let Some(secret) = ticket_secret {
+            let mut ticket = r.reborrow().init_ticket();
+            ticket.set_id(client.0);
+            ticket.set_secret(secret.as_bytes());
+        }
+        r.set_session(capnp_rpc::new_client(ClientSessionImpl {
+            shared: self.shared.clone(),
+            client,
+            deferred,
+            meter: self.meter.clone(),
+            in_flight: std::cell::Cell::new(0),
+        }));
+        Ok(())
+    }
+}
+
 impl cluster::Server for ClusterImpl {
     async fn shutdown(
         self: CapRc<Self>,
@@ -75,49 +107,71 @@ impl cluster::Server for ClusterImpl {
     async fn connect_client(
         self: CapRc<Self>,
         params: cluster::ConnectClientParams,
-        mut results: cluster::ConnectClientResults,
+        results: cluster::ConnectClientResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let token = params.get_token()?.as_bytes();
         let listener = params.get_listener()?;
-        let mut state = self.shared.borrow_mut();
-        let (tenant, name) = if same_secret(token, state.secret.as_bytes()) {
-            (OPERATOR_ID, OPERATOR.to_owned())
-        } else {
-            match std::str::from_utf8(token)
-                .ok()
-                .and_then(|t| state.tenants.authenticate(t))
-            {
-                Some(t) => (t.id, t.name.clone()),
-                None => {
-                    warn!(target: "wrun::audit", peer = %self.peer, "a client presented a token that opens nothing; refused");
-                    return Err(refused_token());
+        let (tenant, name) = {
+            let state = self.shared.borrow();
+            if same_secret(token, state.secret.as_bytes()) {
+                (OPERATOR_ID, OPERATOR.to_owned())
+            } else {
+                match std::str::from_utf8(token)
+                    .ok()
+                    .and_then(|t| state.tenants.authenticate(t))
+                {
+                    Some(t) => (t.id, t.name.clone()),
+                    None => {
+                        warn!(target: "wrun::audit", peer = %self.peer, "a client presented a token that opens nothing; refused");
+                        return Err(refused_token());
+                    }
                 }
             }
         };
-        let client = ClientId(state.next_id().map_err(|e| failed(e.to_string()))?);
-        state.clients.insert(
-            client,
-            ClientConn {
-                tenant,
-                listener,
-                keys: HashMap::new(),
-            },
-        );
-        let deferred = state.deferred.clone();
-        drop(state);
-        self.opened.set(true);
-        info!(target: "wrun::audit", peer = %self.peer, tenant = %name, session = client.0, "client session opened");
-        results
-            .get()
-            .set_session(capnp_rpc::new_client(ClientSessionImpl {
-                shared: self.shared.clone(),
+        let resume = params.get_resume()?;
+        if resume.get_id() != 0 {
+            let client = ClientId(resume.get_id());
+            let resumed = self.shared.borrow_mut().resume_session(
                 client,
-                deferred,
-                meter: self.meter.clone(),
-                in_flight: std::cell::Cell::new(0),
-            }));
-        Ok(())
+                tenant,
+                resume.get_secret()?,
+                listener,
+            );
+            if let Err(why) = resumed {
+                warn!(target: "wrun::audit", peer = %self.peer, tenant = %name, session = client.0, "a client could not resume its session: {why}");
+                return Err(failed(why));
+            }
+            info!(target: "wrun::audit", peer = %self.peer, tenant = %name, session = client.0, "client session resumed after a restart");
+            flush(&self.shared);
+            return self.hand_out_session(client, None, results).await;
+        }
+        let (client, secret, durable) = {
+            let mut state = self.shared.borrow_mut();
+            let client = ClientId(state.next_id().map_err(|e| failed(e.to_string()))?);
+            let secret = wrun_proto::new_secret();
+            let ticket_hash = crate::tenants::hash_token(&secret);
+            state.clients.insert(
+                client,
+                ClientConn {
+                    tenant,
+                    listener: Some(listener),
+                    keys: HashMap::new(),
+                    ticket_hash,
+                    orphaned_until: None,
+                    resumed: false,
+                },
+            );
+            state.journal(|state| {
+                crate::recovery::session_record(client, state.tenants.name_of(tenant), &ticket_hash)
+            });
+            (client, secret, state.journal_hand_over())
+        };
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| failed(e.to_string()))?;
+        }
+        info!(target: "wrun::audit", peer = %self.peer, tenant = %name, session = client.0, "client session opened");
+        self.hand_out_session(client, Some(secret), results).await
     }
 
     async fn register_worker(

@@ -222,14 +222,14 @@ fn send_replicates(state: &State, outbox: &Outbox) {
 
 fn send_client_events(state: &State, outbox: &Outbox) {
     for (client, events) in &outbox.client {
-        let Some(conn) = state.clients.get(client) else {
+        let Some(listener) = state.clients.get(client).and_then(|c| c.listener.as_ref()) else {
             continue;
         };
         for batch in split_by_size(events, |(_, event)| match event {
             ClientEvent::Done(_) => 32,
             ClientEvent::Failed(kind, message) => 64 + kind.len() + message.len(),
         }) {
-            send_client_batch(state, *client, &conn.listener, batch);
+            send_client_batch(state, *client, listener, batch);
         }
     }
 }

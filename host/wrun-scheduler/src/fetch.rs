@@ -43,7 +43,7 @@ pub(crate) async fn fetch_chunk(
             let holder = state.core.holders(task).first().copied();
             let found = match holder.and_then(|h| state.workers.get(&h)) {
                 Some(conn) => Some((conn.control.clone(), task)),
-                None if state.core.is_active(task) => None,
+                None if state.core.is_active(task) || state.result_awaited(task) => None,
                 None => {
                     return Err(failed(format!(
                         "task {key} has no result (failed, or released)"

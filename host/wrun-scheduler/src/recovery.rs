@@ -2,12 +2,13 @@
 //! snapshot that starts each journal file, the replay of a journal into a
 //! fresh state, and the wait for workers to rejoin with their results.
 //!
-//! What a replay restores: modules, tasks (with their results' sizes and
-//! failures), detached jobs, and the ids in use. Sessions do not survive a
-//! restart: their tasks are cancelled when the replay ends, as they would
-//! have been when their connection dropped, and a job a session had
-//! adopted (`wrun gather`) is a detached job again, so that it can be
-//! gathered after the restart.
+//! What a replay restores: the cluster's identity (secret and token),
+//! modules, tasks (with their results' sizes and failures), detached jobs,
+//! client sessions (with the hash of each session's ticket), and the ids in
+//! use. A restored session waits `resume_wait` (60 s) for its client to
+//! come back with its ticket (`connectClient(resume)`); one that does not
+//! is closed as a dropped connection would be, its tasks cancelled. Tasks
+//! of no job and no session are cancelled when the replay ends.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -148,12 +149,44 @@ pub(crate) fn detached_record(tenant: &str, job: &str, tasks: &[(TaskKey, TaskId
     })
 }
 
+pub(crate) fn session_record(client: ClientId, tenant: &str, ticket_hash: &[u8; 32]) -> Vec<u8> {
+    record(|r| {
+        let mut s = r.init_session();
+        s.set_id(client.0);
+        s.set_tenant(tenant);
+        s.set_ticket_hash(ticket_hash);
+    })
+}
+
+pub(crate) fn session_closed_record(client: ClientId) -> Vec<u8> {
+    record(|mut r| r.set_session_closed(client.0))
+}
+
+pub(crate) fn adopted_record(tenant: &str, job: &str, client: ClientId) -> Vec<u8> {
+    record(|r| {
+        let mut a = r.init_adopted();
+        a.set_tenant(tenant);
+        a.set_job(job);
+        a.set_session(client.0);
+    })
+}
+
 /// Framed records that recreate the live state: what each journal file
 /// starts with.
 pub(crate) fn snapshot(state: &State, identity: &Identity, ids_reserved: u64) -> Vec<u8> {
     let mut out = Vec::new();
     journal::frame(&identity_record(identity), &mut out);
     journal::frame(&ids_record(ids_reserved), &mut out);
+    for (client, conn) in &state.clients {
+        journal::frame(
+            &session_record(
+                *client,
+                state.tenants.name_of(conn.tenant),
+                &conn.ticket_hash,
+            ),
+            &mut out,
+        );
+    }
     for (module, owners) in state.modules.all() {
         let owners: Vec<&str> = owners.iter().map(|t| state.tenants.name_of(*t)).collect();
         journal::frame(&module_record(&owners, &module.bytes), &mut out);
@@ -236,11 +269,16 @@ pub(crate) struct Replayed {
     pub(crate) records: usize,
     pub(crate) tasks: usize,
     pub(crate) jobs: usize,
+    pub(crate) sessions: usize,
     pub(crate) cancelled: usize,
 }
 
 /// Replays a journal into a fresh `state` (no worker, no session).
-pub(crate) fn replay(state: &mut State, read: &journal::Read) -> Result<Replayed, JournalError> {
+pub(crate) fn replay(
+    state: &mut State,
+    read: &journal::Read,
+    resume_wait: Duration,
+) -> Result<Replayed, JournalError> {
     let mut scratch = Outbox::default();
     let mut skipped: HashSet<TaskId> = HashSet::new();
     for (index, payload) in read.payloads().enumerate() {
@@ -250,14 +288,25 @@ pub(crate) fn replay(state: &mut State, read: &journal::Read) -> Result<Replayed
         let root: journal_record::Reader<'_> = message.get_root().map_err(&bad)?;
         apply(state, root, index, &mut scratch, &mut skipped).map_err(&bad)?;
     }
-    // The sessions are gone: their tasks go as with any disconnect; the
-    // jobs keep theirs.
+    // Sessions wait for their clients to resume them (`resume_wait`); tasks
+    // that are neither theirs nor a job's go, as with any disconnect.
     let core = &state.core;
     state.jobs.retain_tasks(|t| core.spec(t).is_some());
+    let until = Instant::now() + resume_wait;
+    for conn in state.clients.values_mut() {
+        conn.keys.retain(|_, t| core.spec(*t).is_some());
+        conn.orphaned_until = Some(until);
+    }
     let in_jobs: HashSet<TaskId> = state
         .jobs
         .all()
         .flat_map(|(_, _, tasks)| tasks.iter().map(|(_, t)| *t))
+        .chain(
+            state
+                .clients
+                .values()
+                .flat_map(|c| c.keys.values().copied()),
+        )
         .collect();
     let orphans: Vec<TaskId> = state
         .core
@@ -271,6 +320,7 @@ pub(crate) fn replay(state: &mut State, read: &journal::Read) -> Result<Replayed
         records: read.records.len(),
         tasks: state.core.task_count(),
         jobs: state.jobs.all().count(),
+        sessions: state.clients.len(),
         cancelled: orphans.len(),
     })
 }
@@ -302,8 +352,55 @@ fn apply(
         }
         Which::Tasks(list) => {
             let specs = decode_tasks(state, list?, skipped)?;
-            if let Err(error) = state.core.submit(specs, scratch) {
-                warn!("journal record {index}: tasks not restored: {error}");
+            let keys: Vec<(ClientId, TaskKey, TaskId)> = specs
+                .iter()
+                .map(|s| (s.client, s.payload.key, s.id))
+                .collect();
+            match state.core.submit(specs, scratch) {
+                Ok(()) => {
+                    for (client, key, task) in keys {
+                        if let Some(conn) = state.clients.get_mut(&client) {
+                            conn.keys.insert(key, task);
+                        }
+                    }
+                }
+                Err(error) => warn!("journal record {index}: tasks not restored: {error}"),
+            }
+        }
+        Which::Session(s) => {
+            let Some(tenant) = state.tenants.id_of(s.get_tenant()?.to_str()?) else {
+                return Ok(());
+            };
+            let ticket_hash = <[u8; 32]>::try_from(s.get_ticket_hash()?)
+                .map_err(|_| capnp::Error::failed("a ticket hash is 32 bytes".into()))?;
+            state.clients.insert(
+                ClientId(s.get_id()),
+                crate::state::ClientConn {
+                    tenant,
+                    listener: None,
+                    keys: HashMap::new(),
+                    ticket_hash,
+                    orphaned_until: None,
+                    resumed: false,
+                },
+            );
+        }
+        Which::SessionClosed(client) => {
+            // Its tasks' cancellation follows in `forgotten` records.
+            state.clients.remove(&ClientId(client));
+        }
+        Which::Adopted(a) => {
+            let Some(tenant) = state.tenants.id_of(a.get_tenant()?.to_str()?) else {
+                return Ok(());
+            };
+            let client = ClientId(a.get_session());
+            let job = a.get_job()?.to_str()?;
+            if let Some(conn) = state.clients.get_mut(&client)
+                && let Ok(tasks) = state.jobs.adopt(tenant, &mut conn.keys, job)
+            {
+                for (_, task) in tasks {
+                    state.core.set_client(task, client);
+                }
             }
         }
         Which::Finished(list) => {
@@ -338,6 +435,12 @@ fn apply(
                 .zip(d.get_tasks()?.iter())
                 .map(|(k, t)| (TaskKey(k), TaskId(t)))
                 .collect();
+            for (key, task) in &pairs {
+                let owner = state.core.spec(*task).map(|s| s.client);
+                if let Some(conn) = owner.and_then(|c| state.clients.get_mut(&c)) {
+                    conn.keys.remove(key);
+                }
+            }
             state.jobs.restore(tenant, job, &pairs);
         }
     }
@@ -518,6 +621,14 @@ impl State {
         });
     }
 
+    /// Whether the result of `task` may yet come back with a rejoining
+    /// worker (a fetch waits for it rather than failing).
+    pub(crate) fn result_awaited(&self, task: TaskId) -> bool {
+        self.recovery
+            .as_ref()
+            .is_some_and(|r| r.awaited.contains(&task))
+    }
+
     /// A worker brought back results it kept.
     pub(crate) fn results_held(&mut self, worker: WorkerId, results: &[(TaskId, u64)]) {
         self.core.results_held(worker, results, &mut self.outbox);
@@ -559,5 +670,65 @@ impl State {
             ms = recovery.started.elapsed().as_millis() as u64,
             "recovered: workers brought back their results; scheduling again"
         );
+    }
+}
+
+impl State {
+    /// Gives a session restored from the journal back to its client: the
+    /// same tenant, with the ticket's secret. Everything that ended while
+    /// the client was away is told again (it may have missed it).
+    pub(crate) fn resume_session(
+        &mut self,
+        client: ClientId,
+        tenant: wrun_core::TenantId,
+        secret: &[u8],
+        listener: wrun_proto::wrun_capnp::task_listener::Client,
+    ) -> Result<(), String> {
+        let gone = || {
+            "the session cannot be resumed: the scheduler no longer has it (its client did not come back in time, or the ticket is not its own)".to_owned()
+        };
+        let hash = std::str::from_utf8(secret).map(crate::tenants::hash_token);
+        let conn = self.clients.get_mut(&client).ok_or_else(gone)?;
+        let matches = hash.is_ok_and(|h| crate::tenants::same_secret(&h, &conn.ticket_hash));
+        if conn.tenant != tenant || !matches || conn.listener.is_some() {
+            return Err(gone());
+        }
+        conn.listener = Some(listener);
+        conn.orphaned_until = None;
+        conn.resumed = true;
+        let mut ended: Vec<(TaskId, crate::state::ClientEvent)> = Vec::new();
+        for task in conn.keys.values() {
+            match self.core.outcome(*task) {
+                Some(Ok(size)) => ended.push((*task, crate::state::ClientEvent::Done(size))),
+                Some(Err(failure)) => ended.push((
+                    *task,
+                    crate::state::ClientEvent::Failed(
+                        crate::state::failure_kind(&failure).to_owned(),
+                        failure.to_string(),
+                    ),
+                )),
+                None => {}
+            }
+        }
+        self.outbox.client.entry(client).or_default().extend(ended);
+        Ok(())
+    }
+
+    /// Sessions restored from the journal whose clients did not come back
+    /// in time end, as a disconnect does.
+    pub(crate) fn expire_orphaned_sessions(&mut self, now: Instant) {
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.orphaned_until.is_some_and(|until| now >= until))
+            .map(|(id, _)| *id)
+            .collect();
+        for client in expired {
+            info!(
+                session = client.0,
+                "a session restored from the journal was not resumed in time; its tasks are cancelled"
+            );
+            self.remove_client(client);
+        }
     }
 }

@@ -50,6 +50,9 @@ pub struct SchedulerConfig {
     /// How long a restarted scheduler waits for its workers to rejoin
     /// with the results the journal says they have.
     pub rejoin_timeout: Duration,
+    /// How long a session restored from the journal waits for its client
+    /// to resume it before its tasks are cancelled.
+    pub resume_wait: Duration,
     /// The journal is compacted when its tail passes this (and twice its
     /// snapshot).
     pub journal_compact_bytes: u64,
@@ -84,6 +87,7 @@ impl Default for SchedulerConfig {
             client_file: None,
             journal: None,
             rejoin_timeout: Duration::from_secs(10),
+            resume_wait: Duration::from_secs(60),
             journal_compact_bytes: 64 << 20,
         }
     }
@@ -228,6 +232,7 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
                 token: handle.token.clone(),
             },
             rejoin_timeout: config.rejoin_timeout,
+            resume_wait: config.resume_wait,
             compact_bytes: config.journal_compact_bytes,
         }),
         _ => None,
@@ -323,6 +328,7 @@ struct JournalSetup {
     read: Option<crate::journal::Read>,
     identity: crate::recovery::Identity,
     rejoin_timeout: Duration,
+    resume_wait: Duration,
     compact_bytes: u64,
 }
 
@@ -407,8 +413,11 @@ async fn serve(
                     shared.borrow_mut().core.loop_stalled(stall, now);
                 }
                 remove_silent_workers(&shared);
-                if shared.borrow().recovery.is_some() {
-                    shared.borrow_mut().recovery_tick(Instant::now());
+                if shared.borrow().journaled.is_some() {
+                    let mut state = shared.borrow_mut();
+                    state.recovery_tick(Instant::now());
+                    state.expire_orphaned_sessions(Instant::now());
+                    drop(state);
                     flush(&shared);
                 }
                 let dropped = shared.borrow_mut().modules.drop_stale_uploads(Instant::now());
@@ -436,11 +445,12 @@ fn start_journal(shared: &Shared, setup: JournalSetup) -> Result<(), crate::Jour
                 "the journal's last record is torn (the scheduler died while writing it); replaying up to it"
             );
         }
-        let replayed = crate::recovery::replay(&mut state, read)?;
+        let replayed = crate::recovery::replay(&mut state, read, setup.resume_wait)?;
         info!(
             records = replayed.records,
             tasks = replayed.tasks,
             jobs = replayed.jobs,
+            sessions = replayed.sessions,
             cancelled = replayed.cancelled,
             ms = started.elapsed().as_millis() as u64,
             "journal replayed"

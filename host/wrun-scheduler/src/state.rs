@@ -51,8 +51,18 @@ pub(crate) struct WorkerConn {
 /// A client session: its tenant, where its events go, its tasks by key.
 pub(crate) struct ClientConn {
     pub(crate) tenant: TenantId,
-    pub(crate) listener: task_listener::Client,
+    /// Where its events go; `None` for a session restored from the journal
+    /// whose client has not come back yet.
+    pub(crate) listener: Option<task_listener::Client>,
     pub(crate) keys: HashMap<TaskKey, TaskId>,
+    /// SHA-256 of the secret of the ticket that resumes it after a restart.
+    pub(crate) ticket_hash: [u8; 32],
+    /// Restored and waiting for its client until then; its tasks are
+    /// cancelled if it does not come.
+    pub(crate) orphaned_until: Option<std::time::Instant>,
+    /// Resumed after a restart: a submission it sends again (its answer was
+    /// lost with the scheduler) is taken as the one already accepted.
+    pub(crate) resumed: bool,
 }
 
 /// What a client hears about one of its tasks.
@@ -274,6 +284,7 @@ impl State {
         let Some(conn) = self.clients.remove(&client) else {
             return;
         };
+        self.journal(|_| crate::recovery::session_closed_record(client));
         let tasks: Vec<TaskId> = conn.keys.values().copied().collect();
         self.modules.forget_uploads_of(client);
         debug!(

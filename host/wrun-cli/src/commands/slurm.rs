@@ -203,8 +203,30 @@ pub(crate) struct UpArgs {
     /// Return once the jobs are submitted, without waiting for the workers.
     #[arg(long)]
     no_wait: bool,
+    /// The scheduler's journal (made if missing; default FILE.journal
+    /// beside the scheduler file). A scheduler that dies is started again
+    /// on it by the next `wrun slurm up`, and loses no accepted work.
+    #[arg(long, env = "WRUN_SLURM_JOURNAL", conflicts_with = "no_journal")]
+    journal: Option<PathBuf>,
+    /// Run the scheduler without a journal.
+    #[arg(long)]
+    no_journal: bool,
     #[command(flatten)]
     job: JobArgs,
+}
+
+impl UpArgs {
+    /// Where the scheduler keeps its journal, if it keeps one.
+    fn journal_dir(&self, file: &Path) -> Option<PathBuf> {
+        if self.no_journal {
+            return None;
+        }
+        Some(self.journal.as_deref().map(absolute).unwrap_or_else(|| {
+            let mut name = file.as_os_str().to_owned();
+            name.push(".journal");
+            PathBuf::from(name)
+        }))
+    }
 }
 
 /// Flags of `wrun slurm adapt`.
@@ -245,6 +267,10 @@ struct ClusterState {
     threads_per_job: u32,
     /// Worker processes per job.
     processes: u32,
+    /// The journal of the scheduler `up` started (`down` removes it: the
+    /// cluster's work ends with the cluster).
+    #[serde(default)]
+    journal: Option<PathBuf>,
 }
 
 fn state_path(file: &Path) -> PathBuf {
@@ -435,18 +461,25 @@ fn start_or_join_scheduler(
         }
         None => wrun_slurm::default_address(),
     };
-    let pid = spawn_detached(
-        &[
-            "scheduler".into(),
-            "--host".into(),
-            host.to_string(),
-            "--scheduler-file".into(),
-            file.to_string_lossy().into_owned(),
-        ],
-        &logs.join("scheduler.log"),
-    )?;
+    let mut command: Vec<String> = vec![
+        "scheduler".into(),
+        "--host".into(),
+        host.to_string(),
+        "--scheduler-file".into(),
+        file.to_string_lossy().into_owned(),
+    ];
+    let journal = args.journal_dir(file);
+    if let Some(dir) = &journal {
+        command.extend(["--journal".into(), dir.to_string_lossy().into_owned()]);
+    }
+    let pid = spawn_detached(&command, &logs.join("scheduler.log"))?;
     state.scheduler_pid = Some(pid);
-    state.jobs.clear();
+    // Workers of a journaled scheduler wait for it to come back and rejoin
+    // (`--rejoin-timeout`): their jobs are still this cluster's.
+    if journal.is_none() {
+        state.jobs.clear();
+    }
+    state.journal = journal;
     state.save(file)?;
     connect(file, Duration::from_secs(30)).map_err(|error| {
         anyhow!(
@@ -748,6 +781,9 @@ fn down(cluster: &ClusterArgs) -> CommandResult {
         stop_process(pid, Duration::from_secs(10));
         let _ = std::fs::remove_file(&file);
         outln!("wrun slurm: stopped the scheduler");
+        if let Some(journal) = state.journal.take() {
+            let _ = std::fs::remove_dir_all(journal);
+        }
     }
     let _ = std::fs::remove_file(state_path(&file));
     Ok(())
