@@ -20,6 +20,9 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return; // ended (killed by the bench) and reaped already
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -347,6 +350,8 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
     let _ = std::fs::remove_file(&log);
 
     let bytes_per_task = bytes_per_queued_task(&bytes)?;
+    eprintln!("running: the no-op map with a journal, and a restart on 1M journaled tasks ...");
+    let journal = journal_round(&bytes)?;
     eprintln!("running: 1 GiB of results on a 256 MiB worker (spilling) and on a 4 GiB one ...");
     let spilling = spill_round(&bytes, "256MiB")?;
     let in_memory = spill_round(&bytes, "4GiB")?;
@@ -390,6 +395,22 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
         format!("{bytes_per_task:.0} B"),
     );
     row(
+        "no-op tasks/s (100k), journal on",
+        format!("{:.0}", 100_000.0 / journal.noop_100k_s),
+    );
+    row(
+        "  journal on / off",
+        format!("{:.3}", noop_100k / journal.noop_100k_s),
+    );
+    row(
+        "restart on a journal of 1M tasks, to serving",
+        format!("{:.3} s", journal.restart_1m_s),
+    );
+    row(
+        "journal bytes per accepted task",
+        format!("{:.0} B", journal.bytes_per_task),
+    );
+    row(
         "1 GiB of results made, 256 MiB worker",
         format!("{:.0} MB/s", spilling.made_mb_s),
     );
@@ -430,6 +451,10 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
             "transfer_64mib_mb_s": transfer_mb_s.round(),
             "scheduler_rss_mib": r(scheduler_rss_kib as f64 / 1024.0, 1),
             "scheduler_bytes_per_queued_task": bytes_per_task.round(),
+            "journal_noop_tasks_per_s": (100_000.0 / journal.noop_100k_s).round(),
+            "journal_on_off_ratio": r(noop_100k / journal.noop_100k_s, 3),
+            "journal_restart_1m_s": r(journal.restart_1m_s, 3),
+            "journal_bytes_per_task": journal.bytes_per_task.round(),
             "spill_made_mb_s": spilling.made_mb_s.round(),
             "no_spill_made_mb_s": in_memory.made_mb_s.round(),
             "spilled_mib": (spilling.spilled_bytes as f64 / 1048576.0).round(),
@@ -552,5 +577,105 @@ fn spill_round(module_bytes: &[u8], memory: &str) -> anyhow::Result<SpillRound> 
         made_mb_s: mb / made_s,
         gathered_mb_s: mb / gathered_s,
         spilled_bytes,
+    })
+}
+
+struct JournalRound {
+    noop_100k_s: f64,
+    restart_1m_s: f64,
+    bytes_per_task: f64,
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The journal's costs: the 100k no-op map on `wrun local --journal`
+/// (compare with the same map without one, run just before), then a
+/// scheduler with no workers and 1,000,000 accepted tasks in a detached
+/// job, SIGKILLed and started again on its journal: the time from the
+/// start to answering `status` with every task back, and the journal's
+/// bytes per task.
+fn journal_round(module_bytes: &[u8]) -> anyhow::Result<JournalRound> {
+    const MILLION: i64 = 1_000_000;
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let file = dir.join(format!("wrun-bench-journal-{pid}.json"));
+    let journal = tempfile::tempdir().context("making a journal directory")?;
+    let journal_arg = journal.path().to_str().context("a UTF-8 temp dir")?;
+
+    let noop_100k_s = {
+        let local = spawn(
+            &[
+                "local",
+                "--workers",
+                "2",
+                "--threads",
+                "1",
+                "--journal",
+                journal_arg,
+            ],
+            &file,
+            None,
+        )?;
+        let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+            .map_err(|e| anyhow!(e))?;
+        wait_until("2 workers", Duration::from_secs(60), || {
+            worker_count(&client) == 2
+        })?;
+        let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
+        let warm = client.map(
+            &module,
+            "identity",
+            (0..200).map(|i| vec![json!(i).into()]).collect(),
+        )?;
+        client.gather(&warm)?;
+        let seconds = noop_map(&client, &module, 100_000)?;
+        drop(client);
+        drop(local);
+        seconds
+    };
+
+    let million = tempfile::tempdir().context("making a journal directory")?;
+    let million_arg = million.path().to_str().context("a UTF-8 temp dir")?;
+    let mut scheduler = spawn(&["scheduler", "--journal", million_arg], &file, None)?;
+    {
+        let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+            .map_err(|e| anyhow!(e))?;
+        let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
+        let futures = client.map(
+            &module,
+            "identity",
+            (0..MILLION).map(|i| vec![json!(i).into()]).collect(),
+        )?;
+        // Accepted means journaled: `detach` returns once it is durable.
+        client.detach(futures, "million")?;
+    }
+    let bytes_per_task = dir_bytes(million.path()) as f64 / MILLION as f64;
+    scheduler.child.kill()?;
+    scheduler.child.wait()?;
+    std::fs::remove_file(&file).context("removing the dead scheduler's file")?;
+    let started = Instant::now();
+    let _again = spawn(&["scheduler", "--journal", million_arg], &file, None)?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(120))
+        .map_err(|e| anyhow!(e))?;
+    let total = client.status()?.tasks.total;
+    let restart_1m_s = started.elapsed().as_secs_f64();
+    ensure!(
+        total == MILLION as u64,
+        "{total} tasks after the restart, not {MILLION}"
+    );
+    drop(client);
+    Ok(JournalRound {
+        noop_100k_s,
+        restart_1m_s,
+        bytes_per_task,
     })
 }
