@@ -67,6 +67,7 @@ struct Arg {
   union {
     value @0 :Data;         # one MessagePack value
     result @1 :UInt64;      # the result of the session's task with this key
+    stored @2 :Data;        # SHA-256 of a value put with putValue (large literals)
   }
 }
 
@@ -159,6 +160,11 @@ interface ClientSession {
   detach @8 (keys :List(UInt64), job :Text) -> (job :Text);
   adopt @9 (job :Text) -> (keys :List(UInt64), finished :List(TaskEvent));
   cancel @10 (keys :List(UInt64)) -> ();
+  # Puts a large literal value (one MessagePack value) in chunks at
+  # increasing offsets, for tasks to take as a `stored` argument; the last
+  # chunk makes the scheduler check the digest. A first chunk answers
+  # `complete` at once when this tenant has put the value already.
+  putValue @11 (digest :Data, offset :UInt64, total :UInt64, data :Data) -> (complete :Bool);
 }
 
 struct WorkerInfo {
@@ -183,6 +189,7 @@ struct Input {
       ticket @4 :Data;      # what the peer asks to hand it over (wrun_proto::tickets)
       certificate @5 :Data; # the peer's TLS certificate (DER); empty: plain
     }
+    stored @6 :Data;        # a large literal to read from the scheduler (fetchValue) by digest
   }
 }
 
@@ -232,6 +239,8 @@ interface WorkerSession {
   retire @3 () -> ();
   # More results kept from before this session (see registerWorker).
   held @4 (results :List(HeldResult)) -> ();
+  # Part of a value put with putValue, by its digest.
+  fetchValue @5 (digest :Data, offset :UInt64) -> (chunk :Chunk);
 }
 
 struct HeldResult {
@@ -314,6 +323,11 @@ struct JournalRecord {
       job @20 :Text;
       session @21 :UInt64;
     }
+    # A value put with putValue (large literal arguments), and who put it.
+    value :group {
+      owners @22 :List(Text);   # tenant names
+      bytes @23 :Data;
+    }
   }
 }
 
@@ -333,5 +347,6 @@ struct JournalArg {
   union {
     value @0 :Data;
     result @1 :UInt64;          # a task id
+    stored @2 :Data;            # a value's digest (see JournalRecord.value)
   }
 }

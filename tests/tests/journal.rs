@@ -486,3 +486,66 @@ fn the_journal_is_compacted_so_its_size_follows_the_live_state() {
         "{on_disk} bytes on disk with only a {module_bytes}-byte module live"
     );
 }
+
+/// What the `measure` guest task answers for `text`.
+fn measured(text: &str) -> serde_json::Value {
+    let sum = text
+        .bytes()
+        .fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u64));
+    json!([text.len(), sum])
+}
+
+#[test]
+fn a_64_mib_literal_travels_in_chunks_from_the_shell_and_the_library_and_across_a_restart() {
+    let mut cluster = Cluster::new("journal-put-value", &[]);
+    let file = cluster.file_arg();
+    let text: String = (0..64u32 << 20)
+        .map(|i| (b'a' + (i.wrapping_mul(2654435761) >> 27) as u8 % 26) as char)
+        .collect();
+    let args = cluster.procs.path("big.jsonl");
+    std::fs::write(&args, format!("[{}]\n", json!(text))).unwrap();
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        &file,
+        TEST_GUESTS_WASM,
+        "measure",
+        "--args-file",
+        args.to_str().unwrap(),
+        "--detach",
+        "--job",
+        "big",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The job's task names the value; the restart replays both.
+    cluster.restart();
+    let gathered = wrun(&["gather", "--scheduler-file", &file, "big"]);
+    assert_eq!(gathered.code, Some(0), "{}", gathered.stderr);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(gathered.stdout.trim()).unwrap(),
+        measured(&text)
+    );
+    // From the library, the same value again and a new one; the cluster
+    // serves small work alongside.
+    let client = cluster.client();
+    let module = client.upload(&read_module(TEST_GUESTS_WASM)).unwrap();
+    let other: String = text.chars().rev().collect();
+    let futures = client
+        .map(
+            &module,
+            "measure",
+            vec![vec![json!(text).into()], vec![json!(other).into()]],
+        )
+        .unwrap();
+    let small = client
+        .submit(
+            &module,
+            "slow_square",
+            vec![json!(6).into(), json!(1).into()],
+        )
+        .unwrap();
+    let values = client.gather(&futures).unwrap();
+    assert_eq!(values, vec![Ok(measured(&text)), Ok(measured(&other))]);
+    assert_eq!(client.gather(&[small]).unwrap(), vec![Ok(json!(36))]);
+    assert_eq!(client.status().unwrap().workers.len(), 2);
+}

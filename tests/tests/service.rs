@@ -245,18 +245,18 @@ fn tasks_with_large_literals_that_become_ready_together_reach_the_worker_in_mess
     let after: Vec<u64> = status.workers.iter().map(|w| w.id).collect();
     assert_eq!(before, after, "the worker was never dropped: {status:?}");
     assert_eq!(status.recomputed, 0, "{status:?}");
-    // A task whose own literals cannot fit one message is refused, by name.
-    let error = client
+    // Literals too large for one message travel in chunks (putValue), and
+    // the task runs.
+    let both = client
         .submit(
             &module,
             "consume",
             vec![literal.clone().into(), json!("y".repeat(7 << 20)).into()],
         )
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("one task carries at most 12582912 bytes of them"),
-        "{error}"
+        .unwrap();
+    assert_eq!(
+        client.gather(&[both]).unwrap()[0].as_ref().unwrap(),
+        &json!((6 << 20) + (7 << 20))
     );
 }
 

@@ -67,6 +67,9 @@ fn arg_refs(args: &[Argument]) -> Vec<ArgRef<'_>> {
 enum SubmitArg {
     Value(Vec<u8>),
     Result(TaskKey),
+    /// A large value, put in the scheduler (`putValue`) before the
+    /// submission that names it.
+    Stored(ModuleDigest, std::sync::Arc<Vec<u8>>),
 }
 
 /// A task, encoded and ready to send.
@@ -83,8 +86,11 @@ pub(crate) struct Submission {
 const SUBMIT_BATCH_BYTES: usize = 4 << 20;
 /// Submissions per message.
 const SUBMIT_BATCH_TASKS: usize = 10_000;
-/// The largest argument passed by value (inside the submit message).
-const MAX_INLINE_ARGUMENT: usize = 8 << 20;
+/// The largest argument passed inside the submit message; larger ones
+/// are put in the scheduler in chunks and named by digest.
+const MAX_INLINE_ARGUMENT: usize = 1 << 20;
+/// The largest argument at all (the scheduler's `putValue` limit).
+const MAX_STORED_ARGUMENT: usize = 256 << 20;
 
 impl Submission {
     /// Roughly what the submission takes in a message.
@@ -96,6 +102,7 @@ impl Submission {
                 .map(|a| match a {
                     SubmitArg::Value(bytes) => 16 + bytes.len(),
                     SubmitArg::Result(_) => 16,
+                    SubmitArg::Stored(..) => 48,
                 })
                 .sum::<usize>()
     }
@@ -131,16 +138,20 @@ impl Client {
                         }
                     })?;
                     let bytes = wrun_abi::encode_value(&value);
-                    if bytes.len() > MAX_INLINE_ARGUMENT {
+                    if bytes.len() > MAX_STORED_ARGUMENT {
                         return Err(ClientError::Refused(format!(
-                            "argument `{}` of task `{task}` is {} bytes; values passed inline are limited to {} bytes: \
+                            "argument `{}` of task `{task}` is {} bytes; a literal argument is at most {} bytes: \
                              produce large inputs with a task and pass its future instead",
                             param.name,
                             bytes.len(),
-                            MAX_INLINE_ARGUMENT
+                            MAX_STORED_ARGUMENT
                         )));
                     }
-                    SubmitArg::Value(bytes)
+                    if bytes.len() > MAX_INLINE_ARGUMENT {
+                        SubmitArg::Stored(ModuleDigest::of(&bytes), std::sync::Arc::new(bytes))
+                    } else {
+                        SubmitArg::Value(bytes)
+                    }
                 }
                 ArgRef::Key(key) => SubmitArg::Result(*key),
             });
@@ -149,7 +160,7 @@ impl Client {
             .iter()
             .map(|a| match a {
                 SubmitArg::Value(bytes) => bytes.len(),
-                SubmitArg::Result(_) => 0,
+                SubmitArg::Result(_) | SubmitArg::Stored(..) => 0,
             })
             .sum();
         if literal_bytes as u64 > wrun_proto::MAX_TASK_LITERAL_BYTES {
@@ -203,6 +214,17 @@ impl Client {
         let result = self.call(move |session| {
             let submissions = submissions.clone();
             Box::pin(async move {
+                // Large values first, each once (the scheduler skips what
+                // this tenant has put already); within this call, so that a
+                // call run again after a scheduler restart puts them again.
+                let mut put = std::collections::HashSet::new();
+                for arg in submissions.iter().flat_map(|s| &s.args) {
+                    if let SubmitArg::Stored(digest, bytes) = arg
+                        && put.insert(*digest)
+                    {
+                        put_value(&session, digest, bytes).await?;
+                    }
+                }
                 let mut request = session.submit_request();
                 let mut list = request.get().init_tasks(submissions.len() as u32);
                 for (i, s) in submissions.iter().enumerate() {
@@ -220,6 +242,9 @@ impl Client {
                             }
                             SubmitArg::Result(key) => {
                                 args.reborrow().get(j as u32).set_result(key.0)
+                            }
+                            SubmitArg::Stored(digest, _) => {
+                                args.reborrow().get(j as u32).set_stored(&digest.0)
                             }
                         }
                     }
@@ -265,5 +290,33 @@ impl Client {
         let keys: Vec<TaskKey> = submissions.iter().map(|s| s.key).collect();
         self.send_submissions(submissions)?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
+    }
+}
+
+/// Puts one value in the scheduler in chunks (`putValue`).
+async fn put_value(
+    session: &wrun_proto::wrun_capnp::client_session::Client,
+    digest: &ModuleDigest,
+    bytes: &[u8],
+) -> Result<(), ClientError> {
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + wrun_proto::CHUNK_BYTES).min(bytes.len());
+        let mut request = session.put_value_request();
+        let mut p = request.get();
+        p.set_digest(&digest.0);
+        p.set_offset(offset as u64);
+        p.set_total(bytes.len() as u64);
+        p.set_data(&bytes[offset..end]);
+        let response = request.send().promise.await.map_err(rpc_error)?;
+        offset = end;
+        if response.get().map_err(rpc_error)?.get_complete() {
+            return Ok(());
+        }
+        if offset >= bytes.len() {
+            return Err(ClientError::Refused(
+                "the scheduler did not take a large argument".to_owned(),
+            ));
+        }
     }
 }

@@ -99,6 +99,9 @@ pub enum Arg {
     Value(Box<[u8]>),
     /// The result of this task, fetched from a worker that holds it.
     Result(TaskId),
+    /// A large value the client put in the scheduler (by its SHA-256),
+    /// which the worker reads from the scheduler.
+    Stored([u8; 32]),
 }
 
 /// What to run. The core reads only `id`, `client`, `tenant`, `args` (for

@@ -32,6 +32,7 @@ chunk_response!(
     wrun_capnp::worker_control::fetch_results::Owned => get_chunk,
     wrun_capnp::client_session::fetch_results::Owned => get_chunk,
     wrun_capnp::worker_session::fetch_module_results::Owned => get_chunk,
+    wrun_capnp::worker_session::fetch_value_results::Owned => get_chunk,
 );
 
 /// Reads a whole value through a chunked `fetch(offset)` call, with several

@@ -165,6 +165,49 @@ impl client_session::Server for ClientSessionImpl {
         Ok(())
     }
 
+    async fn put_value(
+        self: CapRc<Self>,
+        params: client_session::PutValueParams,
+        mut results: client_session::PutValueResults,
+    ) -> Result<(), capnp::Error> {
+        use crate::values::{PutChunk, PutOutcome};
+        let params = params.get()?;
+        let digest = crate::values::digest_from(params.get_digest()?).map_err(failed)?;
+        let (complete, durable) = {
+            let mut state_guard = self.shared.borrow_mut();
+            let state = &mut *state_guard;
+            let tenant = state.session(self.client)?.tenant;
+            let data = params.get_data()?;
+            let outcome = state
+                .values
+                .put(
+                    self.client,
+                    tenant,
+                    PutChunk {
+                        digest,
+                        offset: params.get_offset(),
+                        total: params.get_total(),
+                        data,
+                    },
+                )
+                .map_err(failed)?;
+            match outcome {
+                PutOutcome::More => (false, None),
+                PutOutcome::Complete(None) => (true, None),
+                PutOutcome::Complete(Some(bytes)) => {
+                    let owner = state.tenants.name_of(tenant).to_owned();
+                    state.journal(|_| crate::recovery::value_record(&[owner.as_str()], &bytes));
+                    (true, state.journal_hand_over())
+                }
+            }
+        };
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| failed(e.to_string()))?;
+        }
+        results.get().set_complete(complete);
+        Ok(())
+    }
+
     async fn submit(
         self: CapRc<Self>,
         params: client_session::SubmitParams,
@@ -201,9 +244,14 @@ impl client_session::Server for ClientSessionImpl {
                 &submitter,
                 &conn.keys,
                 &state.modules,
+                &state.values,
                 &mut state.next_id,
             )
             .map_err(failed)?;
+            for spec in &accepted.specs {
+                let digests = submit::stored_args(&spec.args);
+                state.values.use_by(spec.id, digests);
+            }
             let digests: std::collections::BTreeSet<_> =
                 requests.iter().map(|r| hex::encode(r.module)).collect();
             info!(

@@ -17,6 +17,9 @@ use crate::state::{ClientEvent, Outbox, Shared, State};
 pub(crate) fn flush(shared: &Shared) {
     let mut state = shared.borrow_mut();
     let outbox = std::mem::take(&mut state.outbox);
+    for task in &outbox.forgotten {
+        state.values.forgotten(*task);
+    }
     if state.journaled.is_some() {
         journal_outcomes(&mut state, &outbox);
     }
@@ -99,6 +102,7 @@ fn assignment_size(spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
                 Arg::Value(bytes) => 48 + bytes.len(),
                 // With the holder's address, ticket and certificate.
                 Arg::Result(_) => 2048,
+                Arg::Stored(_) => 64,
             })
             .sum::<usize>()
 }
@@ -143,6 +147,7 @@ fn write_assignment(
         let mut input = wire_inputs.reborrow().get(j as u32);
         match arg {
             Arg::Value(bytes) => input.set_value(bytes),
+            Arg::Stored(digest) => input.set_stored(digest),
             Arg::Result(dep) => {
                 let holder = holder_of(inputs, *dep).unwrap_or(worker);
                 if holder == worker {

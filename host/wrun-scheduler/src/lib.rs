@@ -51,6 +51,7 @@ mod state;
 mod status;
 mod submit;
 mod tenants;
+mod values;
 mod worker_session;
 
 pub use journal::JournalError;

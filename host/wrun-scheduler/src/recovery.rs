@@ -77,6 +77,18 @@ pub(crate) fn module_record(owners: &[&str], bytes: &[u8]) -> Vec<u8> {
     })
 }
 
+/// A value put with `putValue`, with the tenants that put it.
+pub(crate) fn value_record(owners: &[&str], bytes: &[u8]) -> Vec<u8> {
+    record(|r| {
+        let mut v = r.init_value();
+        let mut list = v.reborrow().init_owners(owners.len() as u32);
+        for (i, owner) in owners.iter().enumerate() {
+            list.set(i as u32, *owner);
+        }
+        v.set_bytes(bytes);
+    })
+}
+
 /// The tasks of a submission (or of a snapshot), with their tenants' names.
 pub(crate) fn tasks_record(state: &State, specs: &[&TaskSpec<Payload>]) -> Vec<u8> {
     record(|r| {
@@ -98,6 +110,7 @@ pub(crate) fn tasks_record(state: &State, specs: &[&TaskSpec<Payload>]) -> Vec<u
                 match arg {
                     Arg::Value(bytes) => a.set_value(bytes),
                     Arg::Result(task) => a.set_result(task.0),
+                    Arg::Stored(digest) => a.set_stored(digest),
                 }
             }
         }
@@ -190,6 +203,10 @@ pub(crate) fn snapshot(state: &State, identity: &Identity, ids_reserved: u64) ->
     for (module, owners) in state.modules.all() {
         let owners: Vec<&str> = owners.iter().map(|t| state.tenants.name_of(*t)).collect();
         journal::frame(&module_record(&owners, &module.bytes), &mut out);
+    }
+    for (bytes, owners) in state.values.all() {
+        let owners: Vec<&str> = owners.iter().map(|t| state.tenants.name_of(*t)).collect();
+        journal::frame(&value_record(&owners, bytes), &mut out);
     }
     let tasks = state.core.tasks_in_order();
     for chunk in tasks.chunks(TASKS_PER_RECORD) {
@@ -316,6 +333,18 @@ pub(crate) fn replay(
         .filter(|t| !in_jobs.contains(t))
         .collect();
     state.core.cancel(&orphans, &mut scratch);
+    // Large values stay while a restored task names them.
+    let users: Vec<(TaskId, Vec<ModuleDigest>)> = state
+        .core
+        .tasks_in_order()
+        .iter()
+        .map(|(spec, _)| (spec.id, crate::submit::stored_args(&spec.args)))
+        .filter(|(_, digests)| !digests.is_empty())
+        .collect();
+    for (task, digests) in users {
+        state.values.use_by(task, digests);
+    }
+    state.values.collect_unused();
     Ok(Replayed {
         records: read.records.len(),
         tasks: state.core.task_count(),
@@ -349,6 +378,15 @@ fn apply(
                 .modules
                 .restore(bytes, owners)
                 .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        }
+        Which::Value(v) => {
+            let mut owners = std::collections::BTreeSet::new();
+            for owner in v.get_owners()?.iter() {
+                if let Some(id) = state.tenants.id_of(owner?.to_str()?) {
+                    owners.insert(id);
+                }
+            }
+            state.values.restore(owners, v.get_bytes()?.to_vec());
         }
         Which::Tasks(list) => {
             let specs = decode_tasks(state, list?, skipped)?;
@@ -474,6 +512,12 @@ fn decode_tasks(
                 journal_arg::Which::Result(dep) => {
                     lost_dependency |= skipped.contains(&TaskId(dep));
                     Arg::Result(TaskId(dep))
+                }
+                journal_arg::Which::Stored(digest) => {
+                    let digest = crate::values::digest_from(digest?)
+                        .map_err(|e| capnp::Error::failed(e.to_string()))?;
+                    lost_dependency |= state.values.get(&digest).is_none();
+                    Arg::Stored(digest.0)
                 }
             });
         }

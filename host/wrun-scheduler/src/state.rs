@@ -163,6 +163,8 @@ pub(crate) struct State {
     /// The most any task may ask for.
     pub(crate) caps: TaskCaps,
     pub(crate) modules: ModuleRegistry,
+    /// Large literal values put with `putValue`.
+    pub(crate) values: crate::values::ValueStore,
     pub(crate) workers: HashMap<WorkerId, WorkerConn>,
     pub(crate) clients: HashMap<ClientId, ClientConn>,
     /// Captured stdout and stderr of finished tasks that printed anything.
@@ -205,6 +207,7 @@ impl State {
             tenants,
             caps,
             modules: ModuleRegistry::default(),
+            values: Default::default(),
             workers: HashMap::new(),
             clients: HashMap::new(),
             logs: HashMap::new(),
@@ -287,6 +290,7 @@ impl State {
         self.journal(|_| crate::recovery::session_closed_record(client));
         let tasks: Vec<TaskId> = conn.keys.values().copied().collect();
         self.modules.forget_uploads_of(client);
+        self.values.session_closed(client);
         debug!(
             client = client.0,
             tasks = tasks.len(),

@@ -30,6 +30,18 @@ pub(crate) struct TaskRequest<'a> {
 pub(crate) enum ArgRequest<'a> {
     Value(&'a [u8]),
     Result(TaskKey),
+    /// A value put with `putValue`, by its digest.
+    Stored(&'a [u8]),
+}
+
+/// The digests of the stored values among `args`.
+pub(crate) fn stored_args(args: &[Arg]) -> Vec<ModuleDigest> {
+    args.iter()
+        .filter_map(|a| match a {
+            Arg::Stored(d) => Some(ModuleDigest(*d)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reads a `submit` message.
@@ -45,6 +57,7 @@ pub(crate) fn decode<'a>(
                 Ok(match a.which()? {
                     arg::Which::Value(bytes) => ArgRequest::Value(bytes?),
                     arg::Which::Result(key) => ArgRequest::Result(TaskKey(key)),
+                    arg::Which::Stored(digest) => ArgRequest::Stored(digest?),
                 })
             })
             .collect::<Result<_, capnp::Error>>()?;
@@ -95,6 +108,10 @@ pub(crate) enum SubmitError {
         task: String,
         mismatch: String,
     },
+    #[error(
+        "task {key}: argument `{param}` names a value that was not put (putValue) by this tenant"
+    )]
+    UnknownValue { key: TaskKey, param: String },
     #[error(
         "task {key}: argument `{param}` refers to task key {dependency}, which is not submitted before it"
     )]
@@ -257,6 +274,7 @@ pub(crate) fn validate(
     submitter: &Submitter<'_>,
     session_keys: &HashMap<TaskKey, TaskId>,
     modules: &ModuleRegistry,
+    values: &crate::values::ValueStore,
     next_id: &mut u64,
 ) -> Result<Accepted, SubmitError> {
     submitter.check_quotas(requests.len())?;
@@ -309,7 +327,7 @@ pub(crate) fn validate(
             .iter()
             .map(|a| match a {
                 ArgRequest::Value(bytes) => bytes.len() as u64,
-                ArgRequest::Result(_) => 0,
+                ArgRequest::Result(_) | ArgRequest::Stored(_) => 0,
             })
             .sum();
         if literal_bytes > wrun_proto::MAX_TASK_LITERAL_BYTES {
@@ -323,23 +341,36 @@ pub(crate) fn validate(
         }
         let mut args = Vec::with_capacity(request.args.len());
         for (arg, param) in request.args.iter().zip(&signature.params) {
+            let check = |bytes: &[u8]| {
+                wrun_abi::check_encoded(&param.ty, bytes).map_err(|mismatch| match mismatch {
+                    EncodedMismatch::Malformed(reason) => SubmitError::MalformedArgument {
+                        key,
+                        param: param.name.clone(),
+                        reason,
+                    },
+                    EncodedMismatch::Type(mismatch) => SubmitError::ArgumentType {
+                        key,
+                        param: param.name.clone(),
+                        task: signature.name.clone(),
+                        mismatch: mismatch.to_string(),
+                    },
+                })
+            };
             args.push(match arg {
+                ArgRequest::Stored(digest) => {
+                    let unknown = || SubmitError::UnknownValue {
+                        key,
+                        param: param.name.clone(),
+                    };
+                    let digest = crate::values::digest_from(digest).map_err(|_| unknown())?;
+                    let bytes = values
+                        .known_to(submitter.tenant, &digest)
+                        .ok_or_else(unknown)?;
+                    check(bytes)?;
+                    Arg::Stored(digest.0)
+                }
                 ArgRequest::Value(bytes) => {
-                    wrun_abi::check_encoded(&param.ty, bytes).map_err(
-                        |mismatch| match mismatch {
-                            EncodedMismatch::Malformed(reason) => SubmitError::MalformedArgument {
-                                key,
-                                param: param.name.clone(),
-                                reason,
-                            },
-                            EncodedMismatch::Type(mismatch) => SubmitError::ArgumentType {
-                                key,
-                                param: param.name.clone(),
-                                task: signature.name.clone(),
-                                mismatch: mismatch.to_string(),
-                            },
-                        },
-                    )?;
+                    check(bytes)?;
                     Arg::Value((*bytes).into())
                 }
                 ArgRequest::Result(dependency) => Arg::Result(
@@ -495,6 +526,7 @@ mod tests {
             &operator(7),
             &HashMap::new(),
             &modules,
+            &crate::values::ValueStore::default(),
             &mut next,
         )
         .unwrap();
@@ -518,10 +550,17 @@ mod tests {
         session.insert(TaskKey(5), TaskId(50));
         let check = |requests: Vec<TaskRequest<'_>>| {
             let mut next = 100;
-            validate(&requests, &operator(1), &session, &modules, &mut next)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
+            validate(
+                &requests,
+                &operator(1),
+                &session,
+                &modules,
+                &crate::values::ValueStore::default(),
+                &mut next,
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
         };
         let two = || vec![ArgRequest::Value(ONE), ArgRequest::Value(ONE)];
         assert_eq!(
@@ -602,10 +641,17 @@ mod tests {
                 usage,
                 ..operator(1)
             };
-            validate(&requests, &submitter, &HashMap::new(), &modules, &mut 0)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
+            validate(
+                &requests,
+                &submitter,
+                &HashMap::new(),
+                &modules,
+                &crate::values::ValueStore::default(),
+                &mut 0,
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
         };
         let two = || vec![ArgRequest::Value(ONE), ArgRequest::Value(ONE)];
         assert_eq!(
@@ -647,10 +693,17 @@ mod tests {
         // The cluster's own maximum holds for the operator too.
         let mut huge = add(1, &digest, two());
         huge.limits.memory_bytes = 8 << 30;
-        let error = validate(&[huge], &operator(1), &HashMap::new(), &modules, &mut 0)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let error = validate(
+            &[huge],
+            &operator(1),
+            &HashMap::new(),
+            &modules,
+            &crate::values::ValueStore::default(),
+            &mut 0,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert_eq!(
             error,
             "task 1: memory limit 8 GiB is over the cluster's maximum of 4 GiB (--max-task-memory)"
@@ -658,10 +711,17 @@ mod tests {
         // What could not travel to a worker in one message is refused here.
         let mut chatty = add(1, &digest, two());
         chatty.limits.stdout_bytes = 18 << 20;
-        let error = validate(&[chatty], &operator(1), &HashMap::new(), &modules, &mut 0)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let error = validate(
+            &[chatty],
+            &operator(1),
+            &HashMap::new(),
+            &modules,
+            &crate::values::ValueStore::default(),
+            &mut 0,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert_eq!(
             error,
             "task 1: a stdout capture limit of 18 MiB cannot travel in one message (at most 4 MiB); \
@@ -673,10 +733,17 @@ mod tests {
             &digest,
             vec![ArgRequest::Value(&big), ArgRequest::Value(&big)],
         );
-        let error = validate(&[fat], &operator(1), &HashMap::new(), &modules, &mut 0)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let error = validate(
+            &[fat],
+            &operator(1),
+            &HashMap::new(),
+            &modules,
+            &crate::values::ValueStore::default(),
+            &mut 0,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert_eq!(
             error,
             "task 1: literal arguments of 14 MiB cannot travel in one message (at most 12 MiB); \
@@ -692,6 +759,7 @@ mod tests {
             &other,
             &HashMap::new(),
             &modules,
+            &crate::values::ValueStore::default(),
             &mut 0,
         )
         .err()
@@ -744,8 +812,15 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let requests =
             decode(root.get_tasks().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        let accepted = validate(&requests, &operator(1), &HashMap::new(), modules, &mut 0)
-            .map_err(|e| e.to_string())?;
+        let accepted = validate(
+            &requests,
+            &operator(1),
+            &HashMap::new(),
+            modules,
+            &crate::values::ValueStore::default(),
+            &mut 0,
+        )
+        .map_err(|e| e.to_string())?;
         // Whatever got through is whole: one spec per request, each typed.
         assert_eq!(accepted.specs.len(), requests.len());
         for spec in &accepted.specs {
@@ -832,6 +907,7 @@ mod tests {
             &operator(1),
             &HashMap::new(),
             &modules,
+            &crate::values::ValueStore::default(),
             &mut next,
         )
         .err()

@@ -184,4 +184,23 @@ impl worker_session::Server for WorkerSessionImpl {
         chunk.set_total(module.bytes.len() as u64);
         Ok(())
     }
+
+    async fn fetch_value(
+        self: CapRc<Self>,
+        params: worker_session::FetchValueParams,
+        mut results: worker_session::FetchValueResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let digest = crate::values::digest_from(params.get_digest()?).map_err(failed)?;
+        let value = self
+            .shared
+            .borrow()
+            .values
+            .get(&digest)
+            .ok_or_else(|| failed("unknown value (its tasks are gone)"))?;
+        let mut chunk = results.get().init_chunk();
+        chunk.set_data(chunk_at(&value, params.get_offset())?);
+        chunk.set_total(value.len() as u64);
+        Ok(())
+    }
 }

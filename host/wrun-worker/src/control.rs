@@ -38,6 +38,30 @@ pub(crate) struct ControlImpl {
 }
 
 impl ControlImpl {
+    /// Reads a value put with `putValue` from the scheduler, and checks it.
+    async fn fetch_value(&self, digest: ModuleDigest) -> Result<Vec<u8>, String> {
+        let session = self
+            .session
+            .clone()
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the worker stopped before registering".to_owned())?
+            .clone()
+            .expect("waited for Some");
+        let bytes = fetch_chunked(|offset| {
+            let mut request = session.fetch_value_request();
+            request.get().set_digest(&digest.0);
+            request.get().set_offset(offset);
+            request.send().promise
+        })
+        .await
+        .map_err(|e| format!("fetching a stored argument from the scheduler: {e}"))?;
+        if ModuleDigest::of(&bytes) != digest {
+            return Err("the scheduler sent a stored value with another digest".to_owned());
+        }
+        Ok(bytes)
+    }
+
     /// Makes sure the module is here: fetched from the scheduler once, by
     /// however many assignments need it meanwhile.
     fn module_fetch(&self, digest: ModuleDigest) -> ModuleFetch {
@@ -81,7 +105,7 @@ impl ControlImpl {
 
 /// Fetches what an assignment lacks, then queues it (unless it was
 /// cancelled meanwhile); a failure fails the task.
-fn prepare(control: &CapRc<ControlImpl>, pending: Pending<'static>) {
+fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
     {
         let task = pending.task;
         control.state.queue.preparing(task);
@@ -89,6 +113,14 @@ fn prepare(control: &CapRc<ControlImpl>, pending: Pending<'static>) {
         tokio::task::spawn_local(async move {
             let prepared = async {
                 this.module_fetch(pending.digest).await?;
+                // Large literals come from the scheduler, and become plain
+                // values of this assignment.
+                for input in &mut pending.inputs {
+                    if let PendingInput::Stored(digest) = input {
+                        let bytes = this.fetch_value(*digest).await?;
+                        *input = PendingInput::Value(std::borrow::Cow::Owned(bytes));
+                    }
+                }
                 let mut remote = HashMap::new();
                 for input in &pending.inputs {
                     if let PendingInput::Remote(remote_input) = input {

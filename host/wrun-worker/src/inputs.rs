@@ -16,6 +16,8 @@ pub(crate) enum PendingInput<'a> {
     Value(Cow<'a, [u8]>),
     Local(TaskId),
     Remote(RemoteInput),
+    /// A large literal to read from the scheduler, by digest.
+    Stored(ModuleDigest),
 }
 
 /// A result to fetch from the peer at `address`, with the ticket it asks for.
@@ -57,6 +59,13 @@ impl<'a> Pending<'a> {
                     PendingInput::Value(Cow::Borrowed(bytes.map_err(bad)?))
                 }
                 input::Which::Local(dep) => PendingInput::Local(TaskId(dep)),
+                input::Which::Stored(digest) => PendingInput::Stored(
+                    <[u8; 32]>::try_from(digest.map_err(bad)?)
+                        .map(ModuleDigest)
+                        .map_err(|_| {
+                            (task, "a stored value's digest is not 32 bytes".to_owned())
+                        })?,
+                ),
                 input::Which::Remote(remote) => PendingInput::Remote(RemoteInput {
                     task: TaskId(remote.get_task()),
                     address: remote
@@ -89,7 +98,7 @@ impl<'a> Pending<'a> {
         !self
             .inputs
             .iter()
-            .any(|i| matches!(i, PendingInput::Remote(..)))
+            .any(|i| matches!(i, PendingInput::Remote(..) | PendingInput::Stored(..)))
     }
 
     /// The same assignment, owning its bytes (to outlive its message).
@@ -107,6 +116,7 @@ impl<'a> Pending<'a> {
                     }
                     PendingInput::Local(dep) => PendingInput::Local(dep),
                     PendingInput::Remote(remote) => PendingInput::Remote(remote),
+                    PendingInput::Stored(digest) => PendingInput::Stored(digest),
                 })
                 .collect(),
             limits: self.limits,
@@ -139,6 +149,9 @@ impl<'a> Pending<'a> {
                         .get(&task)
                         .ok_or_else(|| format!("input {task} was not fetched"))?;
                     args.extend_from_slice(value);
+                }
+                PendingInput::Stored(digest) => {
+                    return Err(format!("the stored value {digest} was not fetched"));
                 }
             }
         }

@@ -50,6 +50,14 @@ fn fail(message: String) -> Result<i64, String> {
     Err(message)
 }
 
+/// The length of a (large) text and a checksum of it, to check that a
+/// large literal argument arrived whole.
+#[task]
+fn measure(text: String) -> (u64, u64) {
+    let sum = text.bytes().fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u64));
+    (text.len() as u64, sum)
+}
+
 #[task]
 fn chatty(text: String) -> String {
     println!("out: {text}");
