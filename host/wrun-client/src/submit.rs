@@ -299,24 +299,17 @@ async fn put_value(
     digest: &ModuleDigest,
     bytes: &[u8],
 ) -> Result<(), ClientError> {
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + wrun_proto::CHUNK_BYTES).min(bytes.len());
+    crate::upload::send_in_chunks(bytes, "a large argument", |offset, chunk| {
         let mut request = session.put_value_request();
         let mut p = request.get();
         p.set_digest(&digest.0);
-        p.set_offset(offset as u64);
+        p.set_offset(offset);
         p.set_total(bytes.len() as u64);
-        p.set_data(&bytes[offset..end]);
-        let response = request.send().promise.await.map_err(rpc_error)?;
-        offset = end;
-        if response.get().map_err(rpc_error)?.get_complete() {
-            return Ok(());
+        p.set_data(chunk);
+        async move {
+            let response = request.send().promise.await.map_err(rpc_error)?;
+            Ok(response.get().map_err(rpc_error)?.get_complete())
         }
-        if offset >= bytes.len() {
-            return Err(ClientError::Refused(
-                "the scheduler did not take a large argument".to_owned(),
-            ));
-        }
-    }
+    })
+    .await
 }

@@ -50,31 +50,51 @@ impl Client {
                 if known {
                     return Ok(());
                 }
-                let mut offset = 0usize;
-                loop {
-                    let end = (offset + wrun_proto::CHUNK_BYTES).min(bytes.len());
+                send_in_chunks(&bytes, "the module", |offset, chunk| {
                     let mut request = session.upload_module_request();
                     let mut p = request.get();
                     p.set_digest(&digest.0);
-                    p.set_offset(offset as u64);
+                    p.set_offset(offset);
                     p.set_total(bytes.len() as u64);
-                    p.set_data(&bytes[offset..end]);
-                    let response = request.send().promise.await.map_err(rpc_error)?;
-                    offset = end;
-                    if response.get().map_err(rpc_error)?.get_complete() {
-                        return Ok(());
+                    p.set_data(chunk);
+                    async move {
+                        let response = request.send().promise.await.map_err(rpc_error)?;
+                        Ok(response.get().map_err(rpc_error)?.get_complete())
                     }
-                    if offset >= bytes.len() {
-                        return Err(ClientError::Refused(
-                            "the scheduler did not accept the module".to_owned(),
-                        ));
-                    }
-                }
+                })
+                .await
             })
         })?;
         Ok(Module {
             digest,
             tasks: Arc::new(tasks),
         })
+    }
+}
+
+/// Sends `bytes` in chunks at increasing offsets until the scheduler says
+/// it has the whole (`send` answers `complete`).
+pub(crate) async fn send_in_chunks<F, Fut>(
+    bytes: &[u8],
+    what: &str,
+    mut send: F,
+) -> Result<(), ClientError>
+where
+    F: FnMut(u64, &[u8]) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, ClientError>>,
+{
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + wrun_proto::CHUNK_BYTES).min(bytes.len());
+        let complete = send(offset as u64, &bytes[offset..end]).await?;
+        offset = end;
+        if complete {
+            return Ok(());
+        }
+        if offset >= bytes.len() {
+            return Err(ClientError::Refused(format!(
+                "the scheduler did not accept {what}"
+            )));
+        }
     }
 }

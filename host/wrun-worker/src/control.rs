@@ -37,17 +37,22 @@ pub(crate) struct ControlImpl {
     pub(crate) shutdown: Rc<tokio::sync::Notify>,
 }
 
+/// The worker's session, once it has registered.
+async fn registered(
+    mut session: tokio::sync::watch::Receiver<Option<worker_session::Client>>,
+) -> Result<worker_session::Client, String> {
+    Ok(session
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| "the worker stopped before registering".to_owned())?
+        .clone()
+        .expect("waited for Some"))
+}
+
 impl ControlImpl {
     /// Reads a value put with `putValue` from the scheduler, and checks it.
     async fn fetch_value(&self, digest: ModuleDigest) -> Result<Vec<u8>, String> {
-        let session = self
-            .session
-            .clone()
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| "the worker stopped before registering".to_owned())?
-            .clone()
-            .expect("waited for Some");
+        let session = registered(self.session.clone()).await?;
         let bytes = fetch_chunked(|offset| {
             let mut request = session.fetch_value_request();
             request.get().set_digest(&digest.0);
@@ -68,18 +73,13 @@ impl ControlImpl {
         if let Some(fetch) = self.module_fetches.borrow().get(&digest) {
             return fetch.clone();
         }
-        let mut session = self.session.clone();
+        let session = self.session.clone();
         let state = self.state.clone();
         let fetch = async move {
             if state.modules.get(&digest).is_some() {
                 return Ok(());
             }
-            let session = session
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| "the worker stopped before registering".to_owned())?
-                .clone()
-                .expect("waited for Some");
+            let session = registered(session).await?;
             let bytes = fetch_chunked(|offset| {
                 let mut request = session.fetch_module_request();
                 request.get().set_digest(&digest.0);
