@@ -321,18 +321,29 @@ async fn run(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     // A scheduler that dies between accepting the connection and answering
-    // leaves no session behind worth resuming: open a new one, within the
-    // time-out (a scheduler file names the restarted scheduler).
+    // leaves no session behind worth resuming, and one restarted meanwhile
+    // rewrites the scheduler file with its new address: with a file, try
+    // in short attempts that read it again, within the time-out.
     let deadline = tokio::time::Instant::now() + timeout;
     let mut opened = loop {
-        match open(&target, &credentials, timeout, &inner, None).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (attempt, again) = match target {
+            Target::File(_) => (
+                left.min(Duration::from_secs(2)),
+                left > Duration::from_secs(2),
+            ),
+            Target::Address(_) => (left, false),
+        };
+        match open(&target, &credentials, attempt, &inner, None).await {
             Ok(opened) => break opened,
-            Err(ClientError::Disconnected(reason))
-                if matches!(target, Target::File(_)) && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::debug!(
-                    "the scheduler went away while the session opened ({reason}); again"
-                );
+            Err(
+                error @ (ClientError::Disconnected(_)
+                | ClientError::Connect(
+                    wrun_proto::ConnectError::Unreachable { .. }
+                    | wrun_proto::ConnectError::NoSchedulerFile { .. },
+                )),
+            ) if again => {
+                tracing::debug!("opening a session: {error}; trying again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => {
