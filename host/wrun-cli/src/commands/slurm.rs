@@ -305,6 +305,38 @@ impl ClusterState {
     }
 }
 
+/// Held while a command reads, changes and writes FILE.slurm: `up`,
+/// `scale`, `down` and each round of the adaptor all change it, and an
+/// unlocked read-modify-write of one would drop another's change (a job,
+/// the adaptor's pid).
+struct StateLock {
+    /// The lock is released when this closes.
+    _held: std::fs::File,
+}
+
+impl StateLock {
+    fn acquire(file: &Path) -> Result<StateLock, Failure> {
+        let mut name = state_path(file).into_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(StateLock { _held: lock })
+    }
+
+    fn remove(file: &Path) {
+        let mut name = state_path(file).into_os_string();
+        name.push(".lock");
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+}
+
 fn slurm_failure(error: SlurmError) -> Failure {
     Failure::input(anyhow!(error))
 }
@@ -338,6 +370,11 @@ fn stop_process(pid: u32, within: Duration) -> bool {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
+    // SIGKILL is not instant either: callers go on as if the process is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     false
 }
 
@@ -418,6 +455,7 @@ fn up(args: UpArgs) -> CommandResult {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    let _lock = StateLock::acquire(&file)?;
     let mut state = ClusterState::load(&file)?.unwrap_or_default();
     start_or_join_scheduler(&args, &file, &logs, &mut state)?;
     state.script = script.render();
@@ -641,8 +679,10 @@ fn cancel_jobs(state: &mut ClusterState, file: &Path, jobs: &[String]) -> Result
 
 fn scale(target: u32, cluster: &ClusterArgs) -> CommandResult {
     let file = cluster.file()?;
+    stop_adaptor(&mut existing(&file)?);
+    let _lock = StateLock::acquire(&file)?;
     let mut state = existing(&file)?;
-    stop_adaptor(&mut state);
+    state.adaptor_pid = None;
     let pending = refresh_jobs(&mut state)?;
     state.save(&file)?;
     let have = state.jobs.len() as u32;
@@ -668,9 +708,10 @@ fn adapt(args: AdaptArgs) -> CommandResult {
         )));
     }
     let file = args.cluster.file()?;
-    let mut state = existing(&file)?;
     if !args.foreground {
-        stop_adaptor(&mut state);
+        stop_adaptor(&mut existing(&file)?);
+        let _lock = StateLock::acquire(&file)?;
+        let mut state = existing(&file)?;
         let log = log_dir(&file).join("adapt.log");
         let pid = spawn_detached(
             &[
@@ -713,6 +754,13 @@ fn adapt(args: AdaptArgs) -> CommandResult {
         let status = client
             .status()
             .map_err(|e| anyhow!("the scheduler stopped answering: {e}"))?;
+        // Read afresh each round, under the lock: `up` may have added jobs
+        // or restarted the scheduler since the last one.
+        let lock = StateLock::acquire(&file)?;
+        let mut state = existing(&file)?;
+        // This process records itself: the `adapt` that started it may
+        // not have written its pid yet when this round began.
+        state.adaptor_pid = Some(std::process::id());
         let pending = refresh_jobs(&mut state)?;
         let by_job = workers_by_job(&status);
         let now = Instant::now();
@@ -744,6 +792,7 @@ fn adapt(args: AdaptArgs) -> CommandResult {
         submit_more(&mut state, &file, plan.submit)?;
         cancel_jobs(&mut state, &file, &plan.cancel)?;
         state.save(&file)?;
+        drop(lock);
         let until = Instant::now() + args.interval.0;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -754,8 +803,10 @@ fn adapt(args: AdaptArgs) -> CommandResult {
 
 fn down(cluster: &ClusterArgs) -> CommandResult {
     let file = cluster.file()?;
+    stop_adaptor(&mut existing(&file)?);
+    let _lock = StateLock::acquire(&file)?;
     let mut state = existing(&file)?;
-    stop_adaptor(&mut state);
+    state.adaptor_pid = None;
     let jobs = state.jobs.clone();
     if !jobs.is_empty() {
         wrun_slurm::scancel(&jobs).map_err(slurm_failure)?;
@@ -786,5 +837,6 @@ fn down(cluster: &ClusterArgs) -> CommandResult {
         }
     }
     let _ = std::fs::remove_file(state_path(&file));
+    StateLock::remove(&file);
     Ok(())
 }
