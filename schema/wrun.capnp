@@ -165,6 +165,12 @@ interface ClientSession {
   # chunk makes the scheduler check the digest. A first chunk answers
   # `complete` at once when this tenant has put the value already.
   putValue @11 (digest :Data, offset :UInt64, total :UInt64, data :Data) -> (complete :Bool);
+  # The task stream of a detached job: what the scheduler still keeps of
+  # its tasks' runs (the newest `--task-stream` runs of the cluster), from
+  # the `from`-th on, a page at a time (`more`: ask again from `from` +
+  # the records answered); and how many of the job's finished tasks are
+  # no longer kept.
+  taskStream @12 (job :Text, from :UInt64) -> (records :List(TaskRecord), dropped :UInt64, more :Bool);
 }
 
 struct WorkerInfo {
@@ -226,6 +232,30 @@ struct WorkerEvent {
     stolen @9 :Bool;        # answer to a steal: true if given back
     replicated @10 :Bool;   # answer to a replicate: true if the copy is here
   }
+  # For `finished` and `failed`: when the task ran on the worker's clock
+  # (Unix µs), on which of its threads, and the fetch of its inputs from
+  # peers before it (all 0: none). The task stream is drawn from these.
+  startUs @11 :UInt64;
+  endUs @12 :UInt64;
+  thread @13 :UInt32;
+  transferStartUs @14 :UInt64;
+  transferEndUs @15 :UInt64;
+  transferBytes @16 :UInt64;
+}
+
+# One task of the task stream (`wrun events`, `wrun report`, the dashboard).
+struct TaskRecord {
+  key @0 :UInt64;           # the client's key
+  name @1 :Text;            # the task function
+  worker @2 :Text;          # the worker's name
+  thread @3 :UInt32;
+  startUs @4 :UInt64;       # Unix µs, on the worker's clock
+  endUs @5 :UInt64;
+  status @6 :Text;          # "done", or the failure's kind
+  bytes @7 :UInt64;         # the result's size
+  transferStartUs @8 :UInt64;
+  transferEndUs @9 :UInt64;
+  transferBytes @10 :UInt64;
 }
 
 interface WorkerSession {

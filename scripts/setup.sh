@@ -39,4 +39,8 @@ if [ "${1:-}" = "--tests" ]; then
   c_guest="clang lld wasi-libc libclang-rt-dev-wasm32"
   # shellcheck disable=SC2086
   dpkg -s $c_guest >/dev/null 2>&1 || apt_install $c_guest
+  # The dashboard is tested in a real headless browser, and /metrics by a
+  # real Prometheus server and `promtool check metrics`.
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_install prometheus
 fi

@@ -199,6 +199,30 @@ pub(crate) struct ServeArgs {
     /// file) when what was written since passes this and twice the snapshot.
     #[arg(long, env = "WRUN_JOURNAL_COMPACT_AT", default_value_t = ByteSize(wrun_scheduler::SchedulerConfig::default().journal_compact_bytes))]
     pub(crate) journal_compact_at: ByteSize,
+    /// Serve the dashboard and `/metrics` here (`off`: not at all). Off
+    /// loopback it speaks TLS and asks for a token. If the default port
+    /// is taken, another free one is used (with a warning).
+    #[arg(long, env = "WRUN_DASHBOARD", default_value = DEFAULT_DASHBOARD, value_parser = parse_dashboard)]
+    pub(crate) dashboard: DashboardFlag,
+    /// How many of the newest task runs the scheduler keeps for `wrun
+    /// events`, `wrun report` and the dashboard (0: none).
+    #[arg(long, env = "WRUN_TASK_STREAM", default_value_t = wrun_scheduler::DEFAULT_TASK_STREAM)]
+    pub(crate) task_stream: usize,
+}
+
+const DEFAULT_DASHBOARD: &str = "127.0.0.1:8787";
+
+/// `--dashboard`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DashboardFlag(pub(crate) Option<std::net::SocketAddr>);
+
+fn parse_dashboard(text: &str) -> Result<DashboardFlag, String> {
+    if text == "off" {
+        return Ok(DashboardFlag(None));
+    }
+    text.parse()
+        .map(|addr| DashboardFlag(Some(addr)))
+        .map_err(|_| format!("`{text}` is not HOST:PORT (an IP address and a port) or `off`"))
 }
 
 impl ServeArgs {
@@ -231,6 +255,14 @@ impl ServeArgs {
             journal: self.journal.clone(),
             rejoin_timeout: self.rejoin_wait.0,
             journal_compact_bytes: self.journal_compact_at.0.max(1),
+            dashboard: self
+                .dashboard
+                .0
+                .map(|addr| wrun_scheduler::DashboardAddress {
+                    addr,
+                    or_any_port: addr.to_string() == DEFAULT_DASHBOARD,
+                }),
+            task_stream: self.task_stream,
             ..Default::default()
         }
     }

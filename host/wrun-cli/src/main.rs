@@ -22,11 +22,14 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::bench::BenchCommand;
 use crate::commands::build::BuildCommand;
+use crate::commands::events::EventsCommand;
+use crate::commands::graph::GraphCommand;
 use crate::commands::inspect::InspectCommand;
 use crate::commands::jobs::{CancelCommand, GatherCommand, LogsCommand};
 use crate::commands::local::LocalCommand;
 use crate::commands::mpi::MpiCommand;
 use crate::commands::new::NewCommand;
+use crate::commands::report::ReportCommand;
 use crate::commands::run::RunCommand;
 use crate::commands::scheduler::SchedulerCommand;
 use crate::commands::shutdown::ShutdownCommand;
@@ -74,6 +77,12 @@ enum Command {
     Logs(LogsCommand),
     /// Cancel a detached job: stop its tasks and free their results.
     Cancel(CancelCommand),
+    /// Print the task stream of a detached job: when and where each task ran.
+    Events(EventsCommand),
+    /// Write a detached job's task stream and a summary as one HTML page.
+    Report(ReportCommand),
+    /// Draw a graph file's tasks and dependencies (SVG or Graphviz DOT).
+    Graph(GraphCommand),
     /// Stop a cluster: its workers exit (their nannies too), then the scheduler.
     Shutdown(ShutdownCommand),
     /// Show the cluster's workers and tasks.
@@ -106,6 +115,9 @@ impl Command {
             Command::Gather(c) => c.execute(),
             Command::Logs(c) => c.execute(),
             Command::Cancel(c) => c.execute(),
+            Command::Events(c) => c.execute(),
+            Command::Report(c) => c.execute(),
+            Command::Graph(c) => c.execute(),
             Command::Shutdown(c) => c.execute(),
             Command::Status(c) => c.execute(),
             Command::Tenant(c) => c.execute(),

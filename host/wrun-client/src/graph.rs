@@ -52,6 +52,51 @@ impl Client {
 }
 
 impl Graph<'_> {
+    /// The graph as Graphviz DOT text, like Dask's `visualize`: a node per
+    /// call (its task name and short argument text), an edge from each
+    /// node to the calls that read its result.
+    pub fn to_dot(&self) -> String {
+        wrun_draw::to_dot(&self.drawing())
+    }
+
+    /// The graph as an SVG picture, laid out without Graphviz
+    /// (`wrun-draw`).
+    pub fn to_svg(&self) -> String {
+        wrun_draw::to_svg(&self.drawing())
+    }
+
+    fn drawing(&self) -> wrun_draw::Drawing {
+        let mut drawing = wrun_draw::Drawing::default();
+        for (i, (_, task, args)) in self.nodes.iter().enumerate() {
+            let text: Vec<String> = args
+                .iter()
+                .map(|arg| match arg {
+                    GraphArg::Value(json) => json.to_string(),
+                    GraphArg::Node(_) => "↑".to_owned(),
+                })
+                .collect();
+            drawing.nodes.push(wrun_draw::Node {
+                label: task.clone(),
+                detail: format!("({})", text.join(", ")),
+                state: String::new(),
+            });
+            // One edge per dependency, however many arguments it fills.
+            let mut from_nodes: Vec<usize> = args
+                .iter()
+                .filter_map(|arg| match arg {
+                    GraphArg::Node(Delayed(from)) => Some(*from),
+                    GraphArg::Value(_) => None,
+                })
+                .collect();
+            from_nodes.sort_unstable();
+            from_nodes.dedup();
+            drawing
+                .edges
+                .extend(from_nodes.into_iter().map(|from| (from, i)));
+        }
+        drawing
+    }
+
     /// Adds a call of `task` to the graph. Arguments may be earlier nodes.
     pub fn call(&mut self, module: &Module, task: &str, args: Vec<GraphArg>) -> Delayed {
         self.nodes.push((module.clone(), task.to_owned(), args));

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use wrun_proto::TaskKey;
+use wrun_proto::stream::TaskRecord;
 
 use crate::client::Client;
 use crate::connection::{TaskState, read_event};
@@ -27,6 +28,42 @@ impl Client {
                 ))
             })
         })
+    }
+
+    /// The task stream of the detached job `job` (it stays detached), as
+    /// Dask's `get_task_stream`: each run of its tasks the scheduler still
+    /// keeps, oldest first, and how many of its finished tasks it no longer
+    /// keeps (it keeps the cluster's newest `--task-stream` runs).
+    pub fn task_stream(&self, job: &str) -> Result<TaskStream, ClientError> {
+        let mut stream = TaskStream::default();
+        loop {
+            let job = job.to_owned();
+            let from = stream.records.len() as u64;
+            let (page, dropped, more) = self.call(move |session| {
+                let job = job.clone();
+                Box::pin(async move {
+                    let mut request = session.task_stream_request();
+                    request.get().set_job(&job);
+                    request.get().set_from(from);
+                    let response = request.send().promise.await.map_err(rpc_error)?;
+                    let r = response.get().map_err(rpc_error)?;
+                    let records = r
+                        .get_records()
+                        .map_err(rpc_error)?
+                        .iter()
+                        .map(TaskRecord::read)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(rpc_error)?;
+                    Ok((records, r.get_dropped(), r.get_more()))
+                })
+            })?;
+            let empty = page.is_empty();
+            stream.records.extend(page);
+            stream.dropped = dropped;
+            if !more || empty {
+                return Ok(stream);
+            }
+        }
     }
 
     /// Hands `futures` to the scheduler as a job named `job` (a new name when
@@ -121,4 +158,13 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A job's task stream ([`Client::task_stream`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskStream {
+    /// Each run, oldest first.
+    pub records: Vec<TaskRecord>,
+    /// Finished tasks of the job whose runs the scheduler no longer keeps.
+    pub dropped: u64,
 }

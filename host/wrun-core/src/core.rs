@@ -16,6 +16,23 @@ use crate::tenants::TenantLoad;
 use crate::worker::Worker;
 use crate::{Failure, TaskId, TaskSpec, TenantId, WorkerId};
 
+/// Where a task is, from [`Core::task_phases`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Some dependency has no result yet.
+    Waiting,
+    /// Ready, in the scheduler's queue.
+    Queued,
+    /// Sent to a worker, not reported running.
+    OnWorker,
+    /// Running on a worker.
+    Running,
+    /// Has a result (or had one, now freed).
+    Done,
+    /// Failed for good.
+    Failed,
+}
+
 /// Tasks by state, from [`Core::state_counts`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateCounts {
@@ -217,6 +234,32 @@ impl<P> Core<P> {
                 t.stealing
             ),
         }
+    }
+
+    /// Every task the core knows, with where it is and what it reads, in
+    /// no particular order (one pass; for the dashboard's views, not for
+    /// hot paths).
+    pub fn task_phases(&self) -> impl Iterator<Item = (&TaskSpec<P>, Phase, &[TaskId])> + '_ {
+        self.tasks.values().map(|t| {
+            let phase = match &t.state {
+                State::Waiting => Phase::Waiting,
+                State::Ready => Phase::Queued,
+                State::Assigned(worker) => {
+                    if self
+                        .workers
+                        .get(worker)
+                        .is_some_and(|w| w.running.contains(&t.spec.id))
+                    {
+                        Phase::Running
+                    } else {
+                        Phase::OnWorker
+                    }
+                }
+                State::Done => Phase::Done,
+                State::Failed(_) => Phase::Failed,
+            };
+            (&t.spec, phase, t.deps.as_slice())
+        })
     }
 
     /// The task's spec, if the core still has it.

@@ -57,7 +57,7 @@ mod task;
 mod tenants;
 mod worker;
 
-pub use crate::core::{Core, CoreConfig, StateCounts};
+pub use crate::core::{Core, CoreConfig, Phase, StateCounts};
 pub use crate::recovery::Outcome;
 pub use crate::tenants::{TenantShare, TenantUsage};
 

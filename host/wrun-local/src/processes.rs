@@ -81,6 +81,13 @@ impl LocalCluster {
             .address
     }
 
+    /// The dashboard's URL, when the scheduler serves one.
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.scheduler
+            .as_ref()
+            .and_then(|s| s.dashboard_url.as_deref())
+    }
+
     /// The scheduler file.
     pub fn file(&self) -> &Path {
         &self.file

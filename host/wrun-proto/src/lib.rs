@@ -11,6 +11,7 @@
 //! - [`chunks`]: chunked reads of large values and modules;
 //! - [`limits`]: the one read/write pair of [`TaskLimits`] on the wire;
 //! - [`status`]: the typed cluster status (`wrun status`, its `--json`);
+//! - [`stream`]: the typed task stream (`wrun events`, `wrun report`);
 //! - ids: [`TaskId`] and [`WorkerId`] (the scheduler's, from `wrun-core`)
 //!   and [`TaskKey`] (a client's name for its task).
 //!
@@ -31,6 +32,7 @@ mod ids;
 pub mod limits;
 mod scheduler_file;
 pub mod status;
+pub mod stream;
 pub mod tickets;
 pub mod tls;
 

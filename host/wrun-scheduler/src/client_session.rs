@@ -15,6 +15,10 @@ use wrun_proto::wrun_capnp::client_session;
 use wrun_proto::{TaskKey, WriteMeter, failed};
 
 use crate::encode::flush;
+
+/// Task runs in one `taskStream` answer, at most; a page also stops
+/// before its records pass `BATCH_BYTES`, under the 16 MiB of a message.
+const TASK_STREAM_PAGE: usize = 20_000;
 use crate::fetch::{self, Slot};
 use crate::modules::{UploadChunk, UploadQuota, digest_from};
 use crate::state::{Deferred, Shared, failure_kind};
@@ -392,6 +396,49 @@ impl client_session::Server for ClientSessionImpl {
             let mut r = results.get();
             r.set_stdout(stdout);
             r.set_stderr(stderr);
+        }
+        Ok(())
+    }
+
+    async fn task_stream(
+        self: CapRc<Self>,
+        params: client_session::TaskStreamParams,
+        mut results: client_session::TaskStreamResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let name = params.get_job()?.to_str()?;
+        let from = params.get_from() as usize;
+        let state = self.shared.borrow();
+        let tenant = state.session(self.client)?.tenant;
+        let job = state
+            .jobs
+            .tasks_of(tenant, name)
+            .map_err(|e| failed(e.to_string()))?;
+        let tasks: std::collections::HashSet<TaskId> = job.iter().map(|(_, t)| *t).collect();
+        let runs: Vec<_> = state.stream.runs_of(&tasks).collect();
+        let ended = tasks
+            .iter()
+            .filter(|t| state.core.outcome(**t).is_some())
+            .count();
+        // A task may have run more than once (a retry, a lost result).
+        let kept: std::collections::HashSet<TaskId> = runs.iter().map(|r| r.task).collect();
+        let rest = runs.get(from..).unwrap_or_default();
+        let mut bytes = 0;
+        let fit = rest
+            .iter()
+            .take(TASK_STREAM_PAGE)
+            .take_while(|run| {
+                bytes += 128 + run.name.len() + run.worker.len() + run.status.len();
+                bytes <= wrun_proto::BATCH_BYTES
+            })
+            .count();
+        let page = &rest[..fit.max(rest.len().min(1))];
+        let mut r = results.get();
+        r.set_dropped(ended.saturating_sub(kept.len()) as u64);
+        r.set_more(from + page.len() < runs.len());
+        let mut list = r.init_records(page.len() as u32);
+        for (i, run) in page.iter().enumerate() {
+            run.record().write(list.reborrow().get(i as u32));
         }
         Ok(())
     }

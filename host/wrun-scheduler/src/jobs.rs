@@ -64,23 +64,7 @@ impl Jobs {
         name: &str,
     ) -> Result<Vec<(TaskKey, TaskId)>, JobError> {
         let key = (tenant, name.to_owned());
-        let Some(job) = self.by_name.get(&key) else {
-            let mut known: Vec<&str> = self
-                .by_name
-                .keys()
-                .filter(|(t, _)| *t == tenant)
-                .map(|(_, n)| n.as_str())
-                .collect();
-            known.sort_unstable();
-            return Err(JobError::UnknownJob {
-                name: name.to_owned(),
-                known: if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                },
-            });
-        };
+        let job = self.tasks_of(tenant, name)?;
         if let Some((key, _)) = job.iter().find(|(key, _)| session_keys.contains_key(key)) {
             return Err(JobError::KeyInUse {
                 key: *key,
@@ -90,6 +74,32 @@ impl Jobs {
         let job = self.by_name.remove(&key).expect("checked");
         session_keys.extend(job.iter().copied());
         Ok(job)
+    }
+
+    /// The tasks of the job `name`, which stays detached.
+    pub(crate) fn tasks_of(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<&[(TaskKey, TaskId)], JobError> {
+        if let Some(job) = self.by_name.get(&(tenant, name.to_owned())) {
+            return Ok(job);
+        }
+        let mut known: Vec<&str> = self
+            .by_name
+            .keys()
+            .filter(|(t, _)| *t == tenant)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        known.sort_unstable();
+        Err(JobError::UnknownJob {
+            name: name.to_owned(),
+            known: if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            },
+        })
     }
 
     /// Every job: its tenant, name and tasks (for a journal snapshot).

@@ -28,6 +28,8 @@
 //! | `listener.rs` | accepting connections, bounded |
 //! | `journal.rs` | the journal file: checksummed records, group commit, compaction |
 //! | `recovery.rs` | journal records of the state, replay after a restart, workers rejoining |
+//! | `task_stream.rs` | the newest task runs (`wrun events`) and each tenant's totals |
+//! | `observe.rs` | the dashboard's views and `/metrics`, published a few times a second |
 //!
 //! A dropped session is a disconnect: a worker's tasks are rescheduled, a
 //! client's tasks are cancelled and their results freed.
@@ -45,11 +47,13 @@ mod jobs;
 mod journal;
 mod listener;
 mod modules;
+mod observe;
 mod recovery;
 mod server;
 mod state;
 mod status;
 mod submit;
+mod task_stream;
 mod tenants;
 mod values;
 mod worker_session;
@@ -59,7 +63,10 @@ pub use journal::JournalError;
 /// The exit code of a scheduler that could not start on its journal.
 pub const EXIT_JOURNAL: i32 = 2;
 pub use listener::ConnectionLimits;
-pub use server::{SchedulerConfig, SchedulerHandle, TlsMode, run_scheduler, start_scheduler};
+pub use server::{
+    DashboardAddress, SchedulerConfig, SchedulerHandle, TlsMode, run_scheduler, start_scheduler,
+};
+pub use task_stream::DEFAULT_TASK_STREAM;
 pub use tenants::{
     OPERATOR, Quotas, TaskCaps, TenantEntry, TenantsError, TenantsFile, hash_token, new_token,
 };

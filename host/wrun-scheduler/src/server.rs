@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -56,6 +57,20 @@ pub struct SchedulerConfig {
     /// The journal is compacted when its tail passes this (and twice its
     /// snapshot).
     pub journal_compact_bytes: u64,
+    /// Where to serve the dashboard and `/metrics` (`None`: nowhere).
+    pub dashboard: Option<DashboardAddress>,
+    /// How many of the newest task runs to keep for `wrun events`.
+    pub task_stream: usize,
+}
+
+/// Where the dashboard listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardAddress {
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// If its port is taken, take any free one (with a warning), as Dask
+    /// does for its default 8787; otherwise refuse to start.
+    pub or_any_port: bool,
 }
 
 /// When a scheduler speaks TLS.
@@ -89,6 +104,8 @@ impl Default for SchedulerConfig {
             rejoin_timeout: Duration::from_secs(10),
             resume_wait: Duration::from_secs(60),
             journal_compact_bytes: 64 << 20,
+            dashboard: None,
+            task_stream: crate::task_stream::DEFAULT_TASK_STREAM,
         }
     }
 }
@@ -103,9 +120,13 @@ pub struct SchedulerHandle {
     pub token: Option<String>,
     /// Its TLS certificate (PEM), when it speaks TLS.
     pub certificate: Option<String>,
+    /// The dashboard's URL, when it serves one.
+    pub dashboard_url: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Option<i32>>>,
     ended: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Stops serving when the handle goes.
+    _dashboard: Option<wrun_dashboard::Dashboard>,
 }
 
 impl SchedulerHandle {
@@ -206,6 +227,20 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
         .map(|i| i.acceptor())
         .transpose()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let hub = config.dashboard.map(|_| {
+        Arc::new(wrun_dashboard::Hub::new(crate::observe::access(
+            &tenants, &secret,
+        )))
+    });
+    let dashboard = match (config.dashboard, &hub) {
+        (Some(address), Some(hub)) => Some(start_dashboard(
+            address,
+            hub.clone(),
+            acceptor.clone(),
+            &config.host,
+        )?),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let mut handle = SchedulerHandle {
@@ -213,9 +248,11 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
         secret: secret.clone(),
         token,
         certificate: identity.as_ref().map(|i| i.certificate_pem()),
+        dashboard_url: dashboard.as_ref().map(|d| d.url()),
         stop: Some(stop_tx),
         thread: None,
         ended: Some(ended_rx),
+        _dashboard: dashboard,
     };
     if let Some(path) = &config.scheduler_file {
         handle.scheduler_file().write(path)?;
@@ -246,6 +283,8 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
         connections: config.connections,
         tenants_file: config.tenants_file.clone(),
         acceptor,
+        hub,
+        task_stream: config.task_stream,
     };
     let thread = std::thread::Builder::new()
         .name("wrun-scheduler".to_owned())
@@ -262,6 +301,46 @@ pub fn start_scheduler(config: SchedulerConfig) -> std::io::Result<SchedulerHand
     handle.thread = Some(thread);
     info!(address = %handle.address, "scheduler listening");
     Ok(handle)
+}
+
+/// Serves the dashboard. Off loopback it speaks TLS: with the scheduler's
+/// certificate when it has one, else a fresh self-signed one.
+fn start_dashboard(
+    address: DashboardAddress,
+    hub: Arc<wrun_dashboard::Hub>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    host: &str,
+) -> std::io::Result<wrun_dashboard::Dashboard> {
+    let tls = if address.addr.ip().is_loopback() {
+        None
+    } else {
+        match acceptor {
+            Some(acceptor) => Some(acceptor),
+            None => Some(
+                TlsIdentity::generate(&[address.addr.ip().to_string(), host.to_owned()])
+                    .and_then(|identity| identity.acceptor())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+        }
+    };
+    let serve = |addr| wrun_dashboard::serve(addr, hub.clone(), tls.clone());
+    match serve(address.addr) {
+        Ok(dashboard) => Ok(dashboard),
+        Err(wrun_dashboard::DashboardError::Bind { source, .. })
+            if address.or_any_port && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            let mut any = address.addr;
+            any.set_port(0);
+            let dashboard = serve(any).map_err(|e| std::io::Error::other(e.to_string()))?;
+            warn!(
+                "port {} is in use (another cluster?): the dashboard is on {} instead",
+                address.addr.port(),
+                dashboard.addr()
+            );
+            Ok(dashboard)
+        }
+        Err(error) => Err(std::io::Error::other(error.to_string())),
+    }
 }
 
 /// The scheduler's TLS identity, if it speaks TLS: the files given, or a
@@ -294,10 +373,10 @@ fn tls_identity(config: &SchedulerConfig) -> std::io::Result<Option<TlsIdentity>
 /// for. `listening` is told the address once the scheduler listens.
 pub fn run_scheduler(
     config: SchedulerConfig,
-    listening: impl FnOnce(&str),
+    listening: impl FnOnce(&SchedulerHandle),
 ) -> std::io::Result<Option<i32>> {
     let mut handle = start_scheduler(config.clone())?;
-    listening(&handle.address);
+    listening(&handle);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -342,6 +421,8 @@ struct Setup {
     connections: ConnectionLimits,
     tenants_file: Option<PathBuf>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    hub: Option<Arc<wrun_dashboard::Hub>>,
+    task_stream: usize,
 }
 
 async fn serve(
@@ -360,6 +441,11 @@ async fn serve(
         deferred_tx,
         shutdown_tx,
     )));
+    shared.borrow_mut().stream =
+        crate::task_stream::TaskStream::new(setup.task_stream, setup.hub.is_some());
+    if let Some(hub) = setup.hub.clone() {
+        tokio::task::spawn_local(crate::observe::publish(shared.clone(), hub));
+    }
     if let Some(journal) = setup.journal
         && let Err(error) = start_journal(&shared, journal)
     {

@@ -188,6 +188,8 @@ pub(crate) struct State {
     pub(crate) journaled: Option<crate::recovery::Journaled>,
     /// A restart waiting for workers to rejoin with their results.
     pub(crate) recovery: Option<crate::recovery::Recovery>,
+    /// The newest task runs and each tenant's totals.
+    pub(crate) stream: crate::task_stream::TaskStream,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;
@@ -221,6 +223,10 @@ impl State {
             shutting_down: false,
             journaled: None,
             recovery: None,
+            stream: crate::task_stream::TaskStream::new(
+                crate::task_stream::DEFAULT_TASK_STREAM,
+                false,
+            ),
         };
         state.apply_tenant_shares();
         state
@@ -315,6 +321,56 @@ impl State {
     }
 
     /// Keeps a finished task's captured output, if it printed anything.
+    /// Records a run in the task stream: `status` is `done` or the kind of
+    /// failure, the times are the worker's (a worker too old to send them
+    /// leaves them 0: then now, as the scheduler sees it).
+    pub(crate) fn record_run(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        status: &str,
+        bytes: u64,
+        event: wrun_proto::wrun_capnp::worker_event::Reader<'_>,
+    ) {
+        let Some(spec) = self.core.spec(task) else {
+            return;
+        };
+        let (key, tenant) = (spec.payload.key, spec.tenant);
+        let name = self.stream.intern(&spec.payload.template.name);
+        let worker_name = self
+            .workers
+            .get(&worker)
+            .map(|w| crate::task_stream::worker_label(&w.name, worker))
+            .unwrap_or_else(|| worker.to_string());
+        let (mut start_us, mut end_us) = (event.get_start_us(), event.get_end_us());
+        if end_us == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            (start_us, end_us) = (now, now);
+        }
+        let transfer =
+            (event.get_transfer_end_us() > 0).then(|| wrun_proto::stream::TransferRecord {
+                start_us: event.get_transfer_start_us(),
+                end_us: event.get_transfer_end_us(),
+                bytes: event.get_transfer_bytes(),
+            });
+        let run = crate::task_stream::Run {
+            task,
+            key,
+            tenant,
+            name,
+            worker: self.stream.intern(&worker_name),
+            thread: event.get_thread(),
+            start_us,
+            end_us: end_us.max(start_us),
+            status: self.stream.intern(status),
+            bytes,
+            transfer,
+        };
+        self.stream.push(run);
+    }
+
     pub(crate) fn keep_logs(&mut self, task: TaskId, stdout: &[u8], stderr: &[u8]) {
         if !stdout.is_empty() || !stderr.is_empty() {
             self.logs.insert(task, (stdout.to_vec(), stderr.to_vec()));

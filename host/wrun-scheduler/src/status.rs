@@ -3,7 +3,7 @@
 //! the cluster's capacity, with no trace of other tenants (no pids, peer
 //! addresses, Slurm jobs, or their tasks on the workers).
 
-use wrun_core::ClientId;
+use wrun_core::{ClientId, TenantId};
 use wrun_proto::status::{ClusterStatus, JobStatus, TaskCounts, WorkerStatus};
 
 use crate::state::State;
@@ -15,6 +15,33 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
         .get(&client)
         .map(|c| c.tenant)
         .unwrap_or_default();
+    let only = (!state.sees_all(tenant)).then_some(tenant);
+    let c = state.core.state_counts_of(only);
+    let counts = TaskCounts {
+        total: (c.waiting + c.queued + c.on_workers + c.done + c.failed) as u64,
+        waiting: c.waiting as u64,
+        queued: c.queued as u64,
+        on_workers: c.on_workers as u64,
+        running: c.running as u64,
+        done: c.done as u64,
+        failed: c.failed as u64,
+    };
+    let session_tasks = state
+        .clients
+        .get(&client)
+        .map(|c| c.keys.len() as u64)
+        .unwrap_or(0);
+    status_with_counts(state, tenant, counts, session_tasks)
+}
+
+/// The status a session of `tenant` sees, with its tasks counted already
+/// (the dashboard counts every tenant's in one pass).
+pub(crate) fn status_with_counts(
+    state: &State,
+    tenant: TenantId,
+    tasks: TaskCounts,
+    session_tasks: u64,
+) -> ClusterStatus {
     let all = state.sees_all(tenant);
     let only = (!all).then_some(tenant);
     let workers = state
@@ -51,29 +78,16 @@ pub(crate) fn cluster_status(state: &State, client: ClientId) -> ClusterStatus {
             worker
         })
         .collect();
-    let c = state.core.state_counts_of(only);
     ClusterStatus {
         workers,
-        tasks: TaskCounts {
-            total: (c.waiting + c.queued + c.on_workers + c.done + c.failed) as u64,
-            waiting: c.waiting as u64,
-            queued: c.queued as u64,
-            on_workers: c.on_workers as u64,
-            running: c.running as u64,
-            done: c.done as u64,
-            failed: c.failed as u64,
-        },
+        tasks,
         recomputed: if all { state.core.recomputed() } else { 0 },
         clients: state
             .clients
             .values()
             .filter(|c| all || c.tenant == tenant)
             .count() as u32,
-        session_tasks: state
-            .clients
-            .get(&client)
-            .map(|c| c.keys.len() as u64)
-            .unwrap_or(0),
+        session_tasks,
         jobs: state
             .jobs
             .summary(only)

@@ -50,12 +50,14 @@ fn apply_event(
     match event.which()? {
         Which::Started(()) => state.core.task_started(worker, task),
         Which::Finished(done) => {
+            state.record_run(worker, task, "done", done.get_size(), event);
             state.keep_logs(task, done.get_stdout()?, done.get_stderr()?);
             state
                 .core
                 .task_finished(worker, task, done.get_size(), &mut state.outbox);
         }
         Which::Failed(failure) => {
+            state.record_run(worker, task, failure.get_kind()?.to_str()?, 0, event);
             state.keep_logs(task, failure.get_stdout()?, failure.get_stderr()?);
             let failure = Failure::Error {
                 kind: failure.get_kind()?.to_str()?.to_owned(),

@@ -17,8 +17,9 @@ use wrun_proto::wrun_capnp::{worker_control, worker_session};
 use wrun_proto::{TaskId, fetch_chunked};
 
 use crate::inputs::{Pending, PendingInput};
-use crate::outbox::Event;
+use crate::outbox::{Event, Transfer, unix_micros};
 use crate::peers::{Peers, fill_chunk};
+use crate::queue::Job;
 use crate::state::WorkerState;
 
 /// The most value bytes one batched fetch answers with; the rest come back
@@ -122,6 +123,10 @@ fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
                     }
                 }
                 let mut remote = HashMap::new();
+                let mut transfer = Transfer {
+                    start_us: unix_micros(),
+                    ..Transfer::default()
+                };
                 for input in &pending.inputs {
                     if let PendingInput::Remote(remote_input) = input {
                         let (dep, address) = (&remote_input.task, &remote_input.address);
@@ -142,10 +147,18 @@ fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
                             micros = started.elapsed().as_micros() as u64,
                             "fetched an input from a peer"
                         );
+                        transfer.bytes += value.len() as u64;
                         remote.insert(*dep, value);
                     }
                 }
-                pending.assemble(&this.state.results, &remote)
+                if remote.is_empty() {
+                    transfer = Transfer::default();
+                } else {
+                    transfer.end_us = unix_micros();
+                }
+                pending
+                    .assemble(&this.state.results, &remote)
+                    .map(|job| Job { transfer, ..job })
             }
             .await;
             match prepared {

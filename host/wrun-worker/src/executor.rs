@@ -4,15 +4,19 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::outbox::Event;
+use crate::outbox::{Event, Timing, unix_micros};
 use crate::queue::Job;
 use crate::state::WorkerState;
 
-/// One executor thread's loop, until the queue stops.
-pub(crate) fn executor(state: Arc<WorkerState>) {
+/// One executor thread's loop (thread number `thread`), until the queue stops.
+pub(crate) fn executor(state: Arc<WorkerState>, thread: u32) {
     while let Some((job, cancel)) = state.queue.take() {
         state.events.push(Event::Started(job.task), false);
-        let event = run_job(&state, &job, &cancel);
+        let mut event = run_job(&state, &job, &cancel);
+        if let Event::Finished { timing, .. } | Event::Failed { timing, .. } = &mut event {
+            timing.thread = thread;
+            timing.transfer = job.transfer;
+        }
         let idle = state.queue.finished(job.task);
         state.events.push(event, idle);
     }
@@ -36,9 +40,15 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
         Ok(args) => args,
         Err(message) => return fail("host", message),
     };
+    let start_us = unix_micros();
     let run = state
         .sandbox
         .run_cancellable(&module, &job.name, &args, &job.limits, cancel);
+    let timing = Timing {
+        start_us,
+        end_us: unix_micros(),
+        ..Timing::default()
+    };
     drop(args);
     match run.result {
         Ok(bytes) => {
@@ -49,6 +59,7 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
                     size,
                     stdout: run.stdout.bytes,
                     stderr: run.stderr.bytes,
+                    timing,
                 },
                 Err(no_room) => Event::Failed {
                     task: job.task,
@@ -56,6 +67,7 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
                     message: no_room.to_string(),
                     stdout: run.stdout.bytes,
                     stderr: run.stderr.bytes,
+                    timing,
                 },
             }
         }
@@ -65,6 +77,7 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
             message: error.to_string(),
             stdout: run.stdout.bytes,
             stderr: run.stderr.bytes,
+            timing,
         },
     }
 }

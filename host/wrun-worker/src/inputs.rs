@@ -163,6 +163,7 @@ impl<'a> Pending<'a> {
             local_inputs,
             limits: self.limits,
             share: self.share,
+            transfer: Default::default(),
         })
     }
 }

@@ -92,7 +92,7 @@ pub fn run_worker(config: WorkerConfig) -> Result<Departure, WorkerError> {
             let state = state.clone();
             std::thread::Builder::new()
                 .name(format!("wrun-task-{i}"))
-                .spawn(move || executor::executor(state))
+                .spawn(move || executor::executor(state, i))
                 .map_err(|e| WorkerError::Setup(format!("starting an executor thread: {e}")))
         })
         .collect::<Result<_, _>>()?;

@@ -24,6 +24,32 @@ pub(crate) const EVENT_COALESCE: Duration = Duration::from_millis(1);
 /// How far back a `finished` looks for its task's unsent `started`.
 const STARTED_WINDOW: usize = 8;
 
+/// When and where a task ran, for the scheduler's task stream: Unix µs on
+/// this worker's clock, the executor thread, and the fetch of its inputs
+/// from peers before it (zeros: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Timing {
+    pub(crate) start_us: u64,
+    pub(crate) end_us: u64,
+    pub(crate) thread: u32,
+    pub(crate) transfer: Transfer,
+}
+
+/// Inputs fetched from peers for one task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    pub(crate) start_us: u64,
+    pub(crate) end_us: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Now, as Unix µs.
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// What a worker tells the scheduler about a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -33,6 +59,7 @@ pub(crate) enum Event {
         size: u64,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
+        timing: Timing,
     },
     Failed {
         task: TaskId,
@@ -40,6 +67,7 @@ pub(crate) enum Event {
         message: String,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
+        timing: Timing,
     },
     /// The answer to a steal: true if given back.
     Stolen(TaskId, bool),
@@ -65,12 +93,18 @@ impl Event {
 
     /// A failure before the task ran (its module or an input could not be had).
     pub(crate) fn failed_before_running(task: TaskId, kind: &str, message: String) -> Event {
+        let now = unix_micros();
         Event::Failed {
             task,
             kind: kind.to_owned(),
             message,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            timing: Timing {
+                start_us: now,
+                end_us: now,
+                ..Timing::default()
+            },
         }
     }
 
@@ -86,8 +120,10 @@ impl Event {
                 size,
                 stdout,
                 stderr,
+                timing,
             } => {
                 e.set_task(task.0);
+                timing.write(e.reborrow());
                 let mut f = e.init_finished();
                 f.set_size(*size);
                 f.set_stdout(stdout);
@@ -99,8 +135,10 @@ impl Event {
                 message,
                 stdout,
                 stderr,
+                timing,
             } => {
                 e.set_task(task.0);
+                timing.write(e.reborrow());
                 let mut f = e.init_failed();
                 f.set_kind(kind);
                 f.set_message(message);
@@ -116,6 +154,17 @@ impl Event {
                 e.set_replicated(*ok);
             }
         }
+    }
+}
+
+impl Timing {
+    fn write(&self, mut e: worker_event::Builder<'_>) {
+        e.set_start_us(self.start_us);
+        e.set_end_us(self.end_us);
+        e.set_thread(self.thread);
+        e.set_transfer_start_us(self.transfer.start_us);
+        e.set_transfer_end_us(self.transfer.end_us);
+        e.set_transfer_bytes(self.transfer.bytes);
     }
 }
 
@@ -199,6 +248,7 @@ mod tests {
             size: 1,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            timing: Timing::default(),
         }
     }
 
@@ -236,6 +286,7 @@ mod tests {
             size: 1,
             stdout: vec![b'x'; 3 << 20],
             stderr: Vec::new(),
+            timing: Timing::default(),
         };
         for task in 0..6 {
             outbox.push(chatty(task), false);
@@ -259,6 +310,7 @@ mod tests {
                 size: 1,
                 stdout: vec![0; wrun_proto::BATCH_BYTES + 1],
                 stderr: Vec::new(),
+                timing: Timing::default(),
             },
             false,
         );

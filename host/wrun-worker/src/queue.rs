@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub(crate) local_inputs: Vec<(usize, TaskId)>,
     pub(crate) limits: TaskLimits,
     pub(crate) share: Share,
+    /// Its inputs' fetch from peers (for the task stream).
+    pub(crate) transfer: crate::outbox::Transfer,
 }
 
 impl Job {
@@ -302,6 +304,7 @@ mod tests {
             local_inputs: Vec::new(),
             limits: TaskLimits::DEFAULT,
             share: Share { tenant, weight },
+            transfer: Default::default(),
         }
     }
 

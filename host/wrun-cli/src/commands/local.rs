@@ -51,6 +51,9 @@ impl LocalCommand {
         .context("starting the cluster")?;
         outln!("wrun local: scheduler at {}", cluster.address());
         outln!("scheduler file: {}", cluster.file().display());
+        if let Some(url) = cluster.dashboard_url() {
+            outln!("dashboard: {url}");
+        }
         wait_for_signal();
         eprintln!("wrun local: stopping");
         cluster.stop();

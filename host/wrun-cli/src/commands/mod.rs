@@ -3,11 +3,14 @@
 
 pub(crate) mod bench;
 pub(crate) mod build;
+pub(crate) mod events;
+pub(crate) mod graph;
 pub(crate) mod inspect;
 pub(crate) mod jobs;
 pub(crate) mod local;
 pub(crate) mod mpi;
 pub(crate) mod new;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod scheduler;
 pub(crate) mod shutdown;

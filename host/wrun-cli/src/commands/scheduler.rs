@@ -22,10 +22,13 @@ pub(crate) struct SchedulerCommand {
 impl SchedulerCommand {
     pub(crate) fn execute(self) -> CommandResult {
         let config = self.serve.config(self.scheduler_file.clone());
-        let code = wrun_scheduler::run_scheduler(config, |address| {
-            outln!("wrun scheduler listening on {address}");
+        let code = wrun_scheduler::run_scheduler(config, |handle| {
+            outln!("wrun scheduler listening on {}", handle.address);
             if let Some(path) = &self.scheduler_file {
                 outln!("scheduler file: {}", path.display());
+            }
+            if let Some(url) = &handle.dashboard_url {
+                outln!("dashboard: {url}");
             }
         })
         .map_err(|error| {
