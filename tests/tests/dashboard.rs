@@ -123,37 +123,49 @@ fn artefacts() -> PathBuf {
     dir
 }
 
+/// A process killed when this goes, also when a test fails half-way.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Headless Chromium driven over the DevTools protocol.
 struct Browser {
-    child: Child,
+    _child: Killed,
     socket: tungstenite::WebSocket<TcpStream>,
     next_id: u64,
 }
 
 impl Browser {
     fn launch(profile: &Path) -> Browser {
-        let mut child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1280,1000",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting chromium (scripts/setup.sh --tests installs it)");
+        let mut child = Killed(
+            Command::new("chromium")
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1280,1000",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting chromium (scripts/setup.sh --tests installs it)"),
+        );
         // It says where its DevTools listen on stderr.
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.0.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
@@ -187,7 +199,7 @@ impl Browser {
         stream.set_read_timeout(Some(LONG)).unwrap();
         let (socket, _) = tungstenite::client(page_url.unwrap().as_str(), stream).unwrap();
         Browser {
-            child,
+            _child: child,
             socket,
             next_id: 0,
         }
@@ -230,13 +242,6 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn chromium_shows_the_task_stream_both_workers_and_progress_of_a_running_map() {
     let mut procs = Procs::new("dashboard-browser");
@@ -252,6 +257,13 @@ fn chromium_shows_the_task_stream_both_workers_and_progress_of_a_running_map() {
         .map(|i| vec![json!(i).into(), json!(50_000).into()])
         .collect();
     let futures = client.map(&module, "slow_square", calls).unwrap();
+    let failing = client
+        .map(
+            &module,
+            "fail",
+            vec![vec![json!("one").into()], vec![json!("two").into()]],
+        )
+        .unwrap();
     let mut browser = Browser::launch(&procs.path("chromium"));
     browser.call("Page.enable", json!({}));
     browser.call(
@@ -260,6 +272,7 @@ fn chromium_shows_the_task_stream_both_workers_and_progress_of_a_running_map() {
     );
     let facts = "JSON.stringify({\
         bars: document.querySelectorAll('#task-stream rect.bar').length,\
+        failed: document.querySelectorAll('#task-stream rect.bar.failed').length,\
         done: [...document.querySelectorAll('#progress tr.progress-row')].map(r => [r.dataset.name, r.dataset.done, r.dataset.total]),\
         workers: [...document.querySelectorAll('#workers tr.worker td:first-child')].map(td => td.textContent).sort(),\
         live: document.getElementById('live').className})";
@@ -272,7 +285,9 @@ fn chromium_shows_the_task_stream_both_workers_and_progress_of_a_running_map() {
             browser.screenshot(&artefacts().join("dashboard-running.png"));
             shot_while_running = true;
         }
-        if seen["done"] == json!([["slow_square", "40", "40"]]) && seen["bars"] == 40 {
+        if seen["done"] == json!([["fail", "0", "2"], ["slow_square", "40", "40"]])
+            && seen["bars"] == 42
+        {
             break seen;
         }
         assert!(
@@ -282,12 +297,14 @@ fn chromium_shows_the_task_stream_both_workers_and_progress_of_a_running_map() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(seen["workers"], json!(["local-0", "local-1"]), "{seen}");
+    assert_eq!(seen["failed"], 2, "failures are marked: {seen}");
     assert_eq!(seen["live"], "on", "{seen}");
     let shot = artefacts().join("dashboard.png");
     browser.screenshot(&shot);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     let results = client.gather(&futures).unwrap();
     assert_eq!(results.len(), 40);
+    assert!(client.gather(&failing).unwrap().iter().all(Result::is_err));
 }
 
 #[test]
@@ -451,6 +468,15 @@ fn with_a_tenants_file_the_dashboard_asks_for_a_token_and_shows_each_tenant_its_
     );
     assert_eq!(status, 200);
 
+    procs.start(
+        "worker",
+        &[
+            "worker",
+            "--scheduler-file",
+            file.to_str().unwrap(),
+            "--no-nanny",
+        ],
+    );
     // Bob's tasks are not in Alice's view.
     let bob_client = Client::connect_with(
         &Target::File(file.clone()),
@@ -480,6 +506,12 @@ fn with_a_tenants_file_the_dashboard_asks_for_a_token_and_shows_each_tenant_its_
     let alices = view(&alice);
     assert_eq!(alices["view"]["status"]["tasks"]["total"], 0, "{alices}");
     assert_eq!(alices["view"]["progress"], json!([]), "{alices}");
+    wait_until("bob's 3 runs in his view", LONG, || {
+        view(&bob)["records"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3)
+    });
+    assert_eq!(view(&alice)["records"], json!([]), "no trace of bob's runs");
     assert_eq!(view(&secret)["view"]["status"]["tasks"]["total"], 3);
 }
 

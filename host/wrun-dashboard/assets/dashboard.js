@@ -15,6 +15,7 @@ function colour(name) {
 }
 
 const MAX_BARS = 2000;
+const ROW_HEIGHT = 16, STREAM_TOP = 4, STREAM_LEFT = 130;
 const SVG = "http://www.w3.org/2000/svg";
 let records = [];
 let seen = 0;
@@ -92,57 +93,99 @@ function renderProgress(progress) {
   }
 }
 
-function renderStream() {
+// The task stream is drawn incrementally: a new run adds its rects to a
+// group whose transform maps milliseconds to pixels; the oldest go past
+// MAX_BARS; only the transform changes as time moves. A new row (a worker
+// thread not seen yet) redraws everything.
+const stream = { rows: new Map(), origin: 0, shown: [], labels: null, group: null };
+
+function rowKey(r) { return `${r.worker}/${r.thread}`; }
+
+function rebuildStream() {
   const svg = document.getElementById("task-stream");
-  const bars = records.slice(-MAX_BARS);
-  const rows = [...new Set(bars.map(r => `${r.worker}/${r.thread}`))].sort();
-  const index = new Map(rows.map((r, i) => [r, i]));
-  const width = svg.clientWidth || 900;
-  const left = 130, rowHeight = 16, top = 4;
-  svg.setAttribute("height", top + rows.length * rowHeight + 6);
   svg.replaceChildren();
-  if (!bars.length) { svg.dataset.bars = 0; return; }
-  const begin = Math.min(...bars.map(r => r.transfer ? Math.min(r.transfer.start_us, r.start_us) : r.start_us));
-  const end = Math.max(...bars.map(r => r.end_us), begin + 1);
-  const x = t => left + ((t - begin) / (end - begin)) * (width - left - 10);
-  for (const [name, i] of index) {
+  const keys = [...new Set(records.map(rowKey))].sort();
+  stream.rows = new Map(keys.map((k, i) => [k, i]));
+  stream.origin = records.length ? records[0].start_us : 0;
+  stream.shown = [];
+  for (const [key, i] of stream.rows) {
     const label = document.createElementNS(SVG, "text");
     label.setAttribute("x", 2);
-    label.setAttribute("y", top + i * rowHeight + 11);
-    label.textContent = name;
+    label.setAttribute("y", STREAM_TOP + i * ROW_HEIGHT + 11);
+    label.textContent = key;
     svg.appendChild(label);
   }
-  for (const r of bars) {
-    const y = top + index.get(`${r.worker}/${r.thread}`) * rowHeight + 1;
-    if (r.transfer) {
-      const t = document.createElementNS(SVG, "rect");
-      t.setAttribute("class", "transfer");
-      t.setAttribute("x", x(r.transfer.start_us));
-      t.setAttribute("y", y + 5);
-      t.setAttribute("width", Math.max(0.5, x(r.transfer.end_us) - x(r.transfer.start_us)));
-      t.setAttribute("height", 4);
-      t.setAttribute("fill", "#d62728");
-      t.setAttribute("opacity", 0.6);
-      svg.appendChild(t);
-    }
-    const bar = document.createElementNS(SVG, "rect");
-    const failed = r.status !== "done";
-    bar.setAttribute("class", failed ? "bar failed" : "bar");
-    bar.setAttribute("x", x(r.start_us));
-    bar.setAttribute("y", y);
-    bar.setAttribute("width", Math.max(0.5, x(r.end_us) - x(r.start_us)));
-    bar.setAttribute("height", rowHeight - 3);
-    bar.setAttribute("fill", failed ? "#d62728" : colour(r.name));
-    if (failed) bar.setAttribute("stroke", "#000");
-    const title = document.createElementNS(SVG, "title");
-    title.textContent = `${r.name} (${r.task}) on ${r.worker}/${r.thread}: ` +
-      `${((r.end_us - r.start_us) / 1000).toFixed(3)} ms, ${r.status}`;
-    bar.appendChild(title);
-    svg.appendChild(bar);
+  stream.group = document.createElementNS(SVG, "g");
+  svg.appendChild(stream.group);
+  svg.setAttribute("height", STREAM_TOP + stream.rows.size * ROW_HEIGHT + 6);
+  for (const r of records) addBar(r);
+}
+
+function rect(cls, x, y, w, h, fill) {
+  const el = document.createElementNS(SVG, "rect");
+  el.setAttribute("class", cls);
+  el.setAttribute("x", x);
+  el.setAttribute("y", y);
+  el.setAttribute("width", w);
+  el.setAttribute("height", h);
+  el.setAttribute("fill", fill);
+  return el;
+}
+
+// Milliseconds since the stream's origin: the group's own unit.
+function ms(us) { return (us - stream.origin) / 1000; }
+
+function addBar(r) {
+  const y = STREAM_TOP + stream.rows.get(rowKey(r)) * ROW_HEIGHT + 1;
+  const parts = [];
+  if (r.transfer) {
+    const t = rect("transfer", ms(r.transfer.start_us), y + 5,
+      Math.max(0.001, (r.transfer.end_us - r.transfer.start_us) / 1000), 4, "#d62728");
+    t.setAttribute("opacity", 0.6);
+    parts.push(t);
   }
-  svg.dataset.bars = bars.length;
+  const failed = r.status !== "done";
+  const bar = rect(failed ? "bar failed" : "bar", ms(r.start_us), y,
+    Math.max(0.001, (r.end_us - r.start_us) / 1000), ROW_HEIGHT - 3,
+    failed ? "#d62728" : colour(r.name));
+  if (failed) {
+    bar.setAttribute("stroke", "#000");
+    bar.setAttribute("vector-effect", "non-scaling-stroke");
+  }
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = `${r.name} (${r.task}) on ${rowKey(r)}: ` +
+    `${((r.end_us - r.start_us) / 1000).toFixed(3)} ms, ${r.status}`;
+  bar.appendChild(title);
+  parts.push(bar);
+  for (const p of parts) stream.group.appendChild(p);
+  stream.shown.push({ record: r, parts });
+}
+
+function renderStream(fresh) {
+  if (!stream.group || fresh.some(r => !stream.rows.has(rowKey(r)))) {
+    rebuildStream();
+  } else {
+    for (const r of fresh) addBar(r);
+  }
+  while (stream.shown.length > MAX_BARS) {
+    for (const p of stream.shown.shift().parts) p.remove();
+  }
+  const svg = document.getElementById("task-stream");
+  const shown = stream.shown.map(s => s.record);
+  svg.dataset.bars = shown.length;
+  svg.dataset.failed = shown.filter(r => r.status !== "done").length;
+  if (!shown.length) return;
+  let begin = Infinity, end = -Infinity;
+  for (const r of shown) {
+    begin = Math.min(begin, r.transfer ? Math.min(r.transfer.start_us, r.start_us) : r.start_us);
+    end = Math.max(end, r.end_us);
+  }
+  const width = (svg.clientWidth || 900) - STREAM_LEFT - 10;
+  const scale = width / Math.max(0.001, (end - begin) / 1000);
+  stream.group.setAttribute("transform",
+    `translate(${STREAM_LEFT - ms(begin) * scale},0) scale(${scale},1)`);
   document.getElementById("stream-note").textContent =
-    `${seen} run(s) seen; the newest ${bars.length} drawn`;
+    `${seen} run(s) seen; the newest ${shown.length} drawn, over ${((end - begin) / 1000).toFixed(1)} ms`;
 }
 
 async function renderGraph(view) {
@@ -165,11 +208,11 @@ function apply(message) {
   const view = message.view;
   for (const r of message.records) records.push(r);
   seen += message.records.length + (message.skipped || 0);
-  if (records.length > MAX_BARS * 2) records = records.slice(-MAX_BARS);
+  if (records.length > MAX_BARS) records = records.slice(-MAX_BARS);
   renderSummary(view.status);
   renderWorkers(view.status);
   renderProgress(view.progress);
-  renderStream();
+  renderStream(message.records);
   renderGraph(view);
 }
 

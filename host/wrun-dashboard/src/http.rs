@@ -26,9 +26,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The live stream sends at most this often.
-const STREAM_INTERVAL: Duration = Duration::from_millis(250);
+const STREAM_INTERVAL: Duration = Duration::from_millis(500);
 /// Task runs in one message of the live stream, at most (the newest).
-const STREAM_RECORDS: usize = 5_000;
+const STREAM_RECORDS: usize = crate::hub::PAGE_RECORDS;
 /// How long a scrape or a snapshot waits for the scheduler's fresh figures.
 const SCRAPE_WAIT: Duration = Duration::from_millis(300);
 

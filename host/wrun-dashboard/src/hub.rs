@@ -20,6 +20,9 @@ use crate::metrics::{Metrics, MetricsUpdate};
 
 /// How many recent task runs the dashboard keeps to show a new viewer.
 pub const RECENT_RECORDS: usize = 20_000;
+/// The most task runs one update carries to the pages (the newest): a
+/// page draws the newest 2,000 it has had.
+pub const PAGE_RECORDS: usize = 500;
 
 /// Who looks: everything (the operator, or a cluster's only tenant), or
 /// one tenant's work.
@@ -87,9 +90,10 @@ pub struct View {
 pub struct Update {
     /// New views, when they were computed this time (`None`: unchanged).
     pub views: Option<Vec<(Viewer, View)>>,
-    /// Task runs since the last update, each with its tenant's name.
+    /// The newest task runs since the last update (at most
+    /// [`PAGE_RECORDS`]), each with its tenant's name.
     pub records: Vec<(String, TaskRecord)>,
-    /// Runs the scheduler could not keep for this update (it was late).
+    /// Runs since the last update left out of `records`.
     pub records_dropped: u64,
     /// Figures for `/metrics`.
     pub metrics: MetricsUpdate,
@@ -142,7 +146,8 @@ impl Hub {
 
     /// Takes the scheduler's newest figures.
     pub fn publish(&self, update: Update) {
-        self.metrics.update(&update.metrics, &update.records);
+        self.metrics
+            .update(&update.metrics, self.viewers.load(Ordering::Relaxed));
         {
             let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(views) = update.views {
@@ -158,6 +163,11 @@ impl Hub {
             published.access = update.access;
         }
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Where one tenant's task durations go (`wrun_task_duration_seconds`).
+    pub fn durations(&self, tenant: &str) -> crate::metrics::DurationRecorder {
+        self.metrics.durations(tenant)
     }
 
     /// Whether a dashboard page is open (the scheduler then computes the

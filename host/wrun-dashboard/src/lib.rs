@@ -22,8 +22,8 @@ mod metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use hub::{Access, Hub, NameProgress, RECENT_RECORDS, Update, View, Viewer};
-pub use metrics::{MetricsUpdate, TenantTotals};
+pub use hub::{Access, Hub, NameProgress, PAGE_RECORDS, RECENT_RECORDS, Update, View, Viewer};
+pub use metrics::{DurationRecorder, MetricsUpdate, TenantTotals};
 
 /// Why the dashboard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,16 +77,18 @@ impl Drop for Dashboard {
 }
 
 /// Serves the dashboard of `hub` on `addr` (port 0: any free one). Off
-/// loopback `tls` must be given.
+/// loopback `tls` must be given; with it, every viewer needs a token.
 pub fn serve(
     addr: SocketAddr,
     hub: Arc<Hub>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<Dashboard, DashboardError> {
-    let loopback = addr.ip().is_loopback();
-    if !loopback && tls.is_none() {
+    if !addr.ip().is_loopback() && tls.is_none() {
         return Err(DashboardError::NeedsTls(addr));
     }
+    // Only plain loopback may let viewers in without a token: over TLS the
+    // server is meant to be reached from elsewhere.
+    let loopback = addr.ip().is_loopback() && tls.is_none();
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| DashboardError::Bind { addr, source })?;
     let bound = listener

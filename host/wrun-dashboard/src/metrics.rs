@@ -15,7 +15,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 use wrun_proto::status::{TaskCounts, WorkerStatus};
-use wrun_proto::stream::TaskRecord;
 
 /// The figures of one publication.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +32,18 @@ pub struct MetricsUpdate {
     /// How late the scheduler's loop woke at worst since the last
     /// publication, in seconds.
     pub loop_lag_seconds: f64,
+}
+
+/// Observes one tenant's task durations into `wrun_task_duration_seconds`
+/// (a few atomic adds: the scheduler calls it for every run).
+#[derive(Clone)]
+pub struct DurationRecorder(prometheus::Histogram);
+
+impl DurationRecorder {
+    /// One run of `micros`.
+    pub fn observe_us(&self, micros: u64) {
+        self.0.observe(micros as f64 / 1e6);
+    }
 }
 
 /// A tenant's totals.
@@ -70,6 +81,7 @@ pub(crate) struct Metrics {
     transfer_seconds: CounterVec,
     recomputed: IntCounter,
     loop_lag: Gauge,
+    viewers: IntGauge,
     /// The totals last seen, to advance counters by the difference.
     seen: Mutex<Seen>,
 }
@@ -183,6 +195,10 @@ impl Default for Metrics {
                     "How late the scheduler's loop woke at worst in the last interval",
                 ),
             ),
+            viewers: registered(
+                r,
+                IntGauge::new("dashboard_viewers", "Dashboard pages open (live streams)"),
+            ),
             seen: Mutex::new(Seen::default()),
             registry,
         }
@@ -190,7 +206,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn update(&self, update: &MetricsUpdate, records: &[(String, TaskRecord)]) {
+    pub(crate) fn update(&self, update: &MetricsUpdate, viewers: usize) {
+        self.viewers.set(viewers as i64);
         self.workers.set(update.workers.len() as i64);
         self.clients.set(update.clients as i64);
         // Workers come and go: the families hold only the current ones.
@@ -232,14 +249,6 @@ impl Metrics {
                 }
             }
         }
-        let mut by_tenant: HashMap<&str, prometheus::Histogram> = HashMap::new();
-        for (tenant, record) in records {
-            let seconds = record.end_us.saturating_sub(record.start_us) as f64 / 1e6;
-            by_tenant
-                .entry(tenant.as_str())
-                .or_insert_with(|| self.duration.with_label_values(&[tenant.as_str()]))
-                .observe(seconds);
-        }
         self.loop_lag.set(update.loop_lag_seconds);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         self.recomputed
@@ -272,6 +281,11 @@ impl Metrics {
         }
     }
 
+    /// Where one tenant's task durations go.
+    pub(crate) fn durations(&self, tenant: &str) -> DurationRecorder {
+        DurationRecorder(self.duration.with_label_values(&[tenant]))
+    }
+
     /// The text Prometheus scrapes (its text format, 0.0.4).
     pub(crate) fn encode(&self) -> String {
         prometheus::TextEncoder::new()
@@ -302,29 +316,26 @@ mod tests {
                 },
             )]
         };
-        let record = TaskRecord {
-            start_us: 0,
-            end_us: 2_000,
-            ..TaskRecord::default()
-        };
         metrics.update(
             &MetricsUpdate {
                 workers: vec![worker("a"), worker("b")],
                 totals: totals(5),
                 ..MetricsUpdate::default()
             },
-            &[("default".into(), record)],
+            0,
         );
+        metrics.durations("default").observe_us(2_000);
         metrics.update(
             &MetricsUpdate {
                 workers: vec![worker("b")],
                 totals: totals(7),
                 ..MetricsUpdate::default()
             },
-            &[],
+            1,
         );
         let text = metrics.encode();
         assert!(text.contains("wrun_scheduler_workers 1\n"), "{text}");
+        assert!(text.contains("wrun_dashboard_viewers 1\n"), "{text}");
         assert!(
             text.contains("wrun_tasks_completed_total{tenant=\"default\"} 7\n"),
             "{text}"

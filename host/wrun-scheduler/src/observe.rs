@@ -1,5 +1,5 @@
-//! Feeds the dashboard (`wrun-dashboard`): every second, or four times a
-//! second while a page is open, or at once when a scrape asks, the task
+//! Feeds the dashboard (`wrun-dashboard`): every second, or twice a second
+//! while a page is open, or at once when a scrape asks, the task
 //! runs since the last time, the figures for `/metrics`, and (when asked
 //! or watched) each viewer's view: the status, progress by task name,
 //! and the live graph when it is small enough to draw.
@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +24,19 @@ use crate::status::status_with_counts;
 use crate::tenants::{OPERATOR_ID, Tenants};
 
 /// Between publications while a page is open.
-const WATCHED: Duration = Duration::from_millis(250);
+const WATCHED: Duration = Duration::from_millis(500);
 /// Between publications otherwise (the task runs and counters only).
 const IDLE: Duration = Duration::from_secs(1);
 /// The live graph is drawn while the cluster has at most this many tasks.
 pub(crate) const GRAPH_LIMIT: usize = 300;
 
+/// Views cost a pass over the tasks: a page gets new ones only as often
+/// as keeps that pass under 1/VIEW_SHARE of the scheduler's time.
+const VIEW_SHARE: u32 = 50;
+
 /// Publishes until the scheduler's loop ends.
 pub(crate) async fn publish(shared: Shared, hub: Arc<Hub>) {
+    let mut next_views = Instant::now();
     loop {
         let interval = if hub.watched() { WATCHED } else { IDLE };
         let asleep = Instant::now();
@@ -41,13 +47,18 @@ pub(crate) async fn publish(shared: Shared, hub: Arc<Hub>) {
         } else {
             asleep.elapsed().saturating_sub(interval)
         };
-        let update = build(&mut shared.borrow_mut(), asked || hub.watched(), lag);
+        let views = asked || (hub.watched() && Instant::now() >= next_views);
+        let started = Instant::now();
+        let update = build(&mut shared.borrow_mut(), views, lag);
+        if views {
+            next_views = Instant::now() + started.elapsed() * VIEW_SHARE;
+        }
         hub.publish(update);
     }
 }
 
 fn build(state: &mut State, views_due: bool, lag: Duration) -> Update {
-    let (runs, records_dropped) = state.stream.take_unpublished();
+    let (runs, records_dropped) = state.stream.take_page();
     let mut tenant_names: HashMap<TenantId, String> = HashMap::new();
     let mut name_of = |state: &State, id: TenantId| {
         tenant_names
@@ -133,9 +144,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, name: &str, phase: Phase) {
+    fn add(&mut self, name: &str, phase: Phase, n: u64) {
         let c = &mut self.counts;
-        c.total += 1;
+        c.total += n;
         let p = match self.names.get_mut(name) {
             Some(p) => p,
             None => self.names.entry(name.to_owned()).or_insert(NameProgress {
@@ -145,25 +156,27 @@ impl Tally {
         };
         match phase {
             Phase::Waiting => {
-                c.waiting += 1;
-                p.waiting += 1;
+                c.waiting += n;
+                p.waiting += n;
             }
             Phase::Queued => {
-                c.queued += 1;
-                p.queued += 1;
+                c.queued += n;
+                p.queued += n;
             }
             Phase::OnWorker | Phase::Running => {
-                c.on_workers += 1;
-                c.running += u64::from(phase == Phase::Running);
-                p.running += 1;
+                c.on_workers += n;
+                if phase == Phase::Running {
+                    c.running += n;
+                }
+                p.running += n;
             }
             Phase::Done => {
-                c.done += 1;
-                p.done += 1;
+                c.done += n;
+                p.done += n;
             }
             Phase::Failed => {
-                c.failed += 1;
-                p.failed += 1;
+                c.failed += n;
+                p.failed += n;
             }
         }
     }
@@ -193,14 +206,32 @@ fn count(state: &State) -> Pass {
         tenants: HashMap::new(),
         graph: drawable.then(Vec::new),
     };
+    // Counted per (tenant, submission) first: tasks of one submission
+    // share a template, so most tasks land in the group of the one before
+    // and nothing is hashed for them; names are summed per group after.
+    let mut groups: Vec<(TenantId, &str, [u64; PHASES.len()])> = Vec::new();
+    let mut index: HashMap<(TenantId, *const crate::state::Template), usize> = HashMap::new();
+    let mut last: Option<((TenantId, *const crate::state::Template), usize)> = None;
     for (spec, phase, deps) in state.core.task_phases() {
-        let name = spec.payload.template.name.as_str();
-        pass.total.add(name, phase);
-        pass.tenants
-            .entry(spec.tenant)
-            .or_default()
-            .add(name, phase);
+        let key = (spec.tenant, Rc::as_ptr(&spec.payload.template));
+        let group = match last {
+            Some((k, i)) if k == key => i,
+            _ => {
+                let i = *index.entry(key).or_insert_with(|| {
+                    groups.push((
+                        spec.tenant,
+                        spec.payload.template.name.as_str(),
+                        [0; PHASES.len()],
+                    ));
+                    groups.len() - 1
+                });
+                last = Some((key, i));
+                i
+            }
+        };
+        groups[group].2[phase_index(phase)] += 1;
         if let Some(graph) = &mut pass.graph {
+            let name = spec.payload.template.name.as_str();
             graph.push(GraphTask {
                 id: spec.id,
                 tenant: spec.tenant,
@@ -211,7 +242,35 @@ fn count(state: &State) -> Pass {
             });
         }
     }
+    for (tenant, name, counts) in groups {
+        for (phase, n) in PHASES.iter().zip(counts) {
+            if n > 0 {
+                pass.total.add(name, *phase, n);
+                pass.tenants.entry(tenant).or_default().add(name, *phase, n);
+            }
+        }
+    }
     pass
+}
+
+const PHASES: [Phase; 6] = [
+    Phase::Waiting,
+    Phase::Queued,
+    Phase::OnWorker,
+    Phase::Running,
+    Phase::Done,
+    Phase::Failed,
+];
+
+fn phase_index(phase: Phase) -> usize {
+    match phase {
+        Phase::Waiting => 0,
+        Phase::Queued => 1,
+        Phase::OnWorker => 2,
+        Phase::Running => 3,
+        Phase::Done => 4,
+        Phase::Failed => 5,
+    }
 }
 
 /// `(1, 2, ↑)`: literal arguments as JSON, results of other tasks as ↑.

@@ -442,7 +442,7 @@ async fn serve(
         shutdown_tx,
     )));
     shared.borrow_mut().stream =
-        crate::task_stream::TaskStream::new(setup.task_stream, setup.hub.is_some());
+        crate::task_stream::TaskStream::new(setup.task_stream, setup.hub.clone());
     if let Some(hub) = setup.hub.clone() {
         tokio::task::spawn_local(crate::observe::publish(shared.clone(), hub));
     }

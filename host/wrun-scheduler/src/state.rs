@@ -225,7 +225,7 @@ impl State {
             recovery: None,
             stream: crate::task_stream::TaskStream::new(
                 crate::task_stream::DEFAULT_TASK_STREAM,
-                false,
+                None,
             ),
         };
         state.apply_tenant_shares();
@@ -368,7 +368,8 @@ impl State {
             bytes,
             transfer,
         };
-        self.stream.push(run);
+        let tenants = &self.tenants;
+        self.stream.push(run, || tenants.name_of(tenant).to_owned());
     }
 
     pub(crate) fn keep_logs(&mut self, task: TaskId, stdout: &[u8], stderr: &[u8]) {

@@ -17,11 +17,6 @@ use wrun_proto::stream::{TaskRecord, TransferRecord};
 /// The default number of runs kept.
 pub const DEFAULT_TASK_STREAM: usize = 100_000;
 
-/// Runs waiting for the dashboard's next publication, at most; past this
-/// (the scheduler's loop was stalled for long) the newest are dropped
-/// from the page, not from the ring or the counters.
-const UNPUBLISHED_LIMIT: usize = 200_000;
-
 /// One run.
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
@@ -67,24 +62,28 @@ pub(crate) struct Totals {
 pub(crate) struct TaskStream {
     capacity: usize,
     runs: VecDeque<Run>,
-    /// Runs not yet handed to the dashboard (kept only when there is one).
-    unpublished: Vec<Run>,
-    unpublished_dropped: u64,
-    publishing: bool,
+    /// The newest runs not yet handed to the dashboard (when there is
+    /// one), and how many older ones were left out.
+    page: VecDeque<Run>,
+    page_skipped: u64,
     pub(crate) totals: HashMap<TenantId, Totals>,
     strings: HashSet<Arc<str>>,
+    /// Where each tenant's durations go, when there is a dashboard.
+    hub: Option<Arc<wrun_dashboard::Hub>>,
+    durations: HashMap<TenantId, wrun_dashboard::DurationRecorder>,
 }
 
 impl TaskStream {
-    pub(crate) fn new(capacity: usize, publishing: bool) -> TaskStream {
+    pub(crate) fn new(capacity: usize, hub: Option<Arc<wrun_dashboard::Hub>>) -> TaskStream {
         TaskStream {
             capacity,
             runs: VecDeque::new(),
-            unpublished: Vec::new(),
-            unpublished_dropped: 0,
-            publishing,
+            page: VecDeque::new(),
+            page_skipped: 0,
             totals: HashMap::new(),
             strings: HashSet::new(),
+            hub,
+            durations: HashMap::new(),
         }
     }
 
@@ -103,7 +102,14 @@ impl TaskStream {
         shared
     }
 
-    pub(crate) fn push(&mut self, run: Run) {
+    /// Records a run; `tenant_name` names its tenant for the metrics.
+    pub(crate) fn push(&mut self, run: Run, tenant_name: impl FnOnce() -> String) {
+        if let Some(hub) = &self.hub {
+            self.durations
+                .entry(run.tenant)
+                .or_insert_with(|| hub.durations(&tenant_name()))
+                .observe_us(run.end_us.saturating_sub(run.start_us));
+        }
         let totals = self.totals.entry(run.tenant).or_default();
         if &*run.status == "done" {
             totals.completed += 1;
@@ -114,12 +120,12 @@ impl TaskStream {
             totals.transfer_bytes += t.bytes;
             totals.transfer_us += t.end_us.saturating_sub(t.start_us);
         }
-        if self.publishing {
-            if self.unpublished.len() >= UNPUBLISHED_LIMIT {
-                self.unpublished_dropped += 1;
-            } else {
-                self.unpublished.push(run.clone());
+        if self.hub.is_some() {
+            if self.page.len() == wrun_dashboard::PAGE_RECORDS {
+                self.page.pop_front();
+                self.page_skipped += 1;
             }
+            self.page.push_back(run.clone());
         }
         if self.capacity == 0 {
             return;
@@ -130,11 +136,12 @@ impl TaskStream {
         self.runs.push_back(run);
     }
 
-    /// The runs since the last call, and how many were dropped meanwhile.
-    pub(crate) fn take_unpublished(&mut self) -> (Vec<Run>, u64) {
+    /// The newest runs since the last call, and how many older ones were
+    /// left out.
+    pub(crate) fn take_page(&mut self) -> (Vec<Run>, u64) {
         (
-            std::mem::take(&mut self.unpublished),
-            std::mem::take(&mut self.unpublished_dropped),
+            std::mem::take(&mut self.page).into(),
+            std::mem::take(&mut self.page_skipped),
         )
     }
 
@@ -178,9 +185,11 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_runs_and_the_totals_count_them_all() {
-        let mut stream = TaskStream::new(3, true);
+        let mut stream = TaskStream::new(3, Some(Default::default()));
         for task in 0..5 {
-            stream.push(run(task, if task == 4 { "trap" } else { "done" }));
+            stream.push(run(task, if task == 4 { "trap" } else { "done" }), || {
+                "t".into()
+            });
         }
         let all: HashSet<TaskId> = (0..5).map(TaskId).collect();
         let kept: Vec<u64> = stream.runs_of(&all).map(|r| r.task.0).collect();
@@ -188,9 +197,9 @@ mod tests {
         let totals = &stream.totals[&TenantId(1)];
         assert_eq!(totals.completed, 4);
         assert_eq!(totals.failed[&Arc::<str>::from("trap")], 1);
-        let (unpublished, dropped) = stream.take_unpublished();
-        assert_eq!((unpublished.len(), dropped), (5, 0));
-        assert!(stream.take_unpublished().0.is_empty());
+        let (page, skipped) = stream.take_page();
+        assert_eq!((page.len(), skipped), (5, 0));
+        assert!(stream.take_page().0.is_empty());
         assert!(Arc::ptr_eq(&stream.intern("inc"), &stream.intern("inc")));
     }
 }

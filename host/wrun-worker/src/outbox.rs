@@ -262,17 +262,9 @@ mod tests {
         outbox.push(Event::Started(TaskId(1)), false);
         outbox.push(Event::Started(TaskId(2)), false);
         outbox.push(finished(1), false);
-        outbox.push(
-            Event::failed_before_running(TaskId(2), "host", "x".into()),
-            false,
-        );
-        assert_eq!(
-            outbox.take(),
-            vec![
-                finished(1),
-                Event::failed_before_running(TaskId(2), "host", "x".into())
-            ]
-        );
+        let failed = Event::failed_before_running(TaskId(2), "host", "x".into());
+        outbox.push(failed.clone(), false);
+        assert_eq!(outbox.take(), vec![finished(1), failed]);
         // A `started` already sent stays sent: the `finished` goes alone.
         outbox.push(finished(1), false);
         assert_eq!(outbox.take(), vec![finished(1)]);

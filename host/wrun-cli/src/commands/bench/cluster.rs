@@ -349,6 +349,8 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
     drop(local);
     let _ = std::fs::remove_file(&log);
 
+    eprintln!("running: the no-op map with the dashboard closed and open in headless Chromium ...");
+    let dashboard = dashboard_round(&bytes)?;
     let bytes_per_task = bytes_per_queued_task(&bytes)?;
     eprintln!("running: the no-op map with a journal, and a restart on 1M journaled tasks ...");
     let journal = journal_round(&bytes)?;
@@ -410,6 +412,20 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
         "journal bytes per accepted task",
         format!("{:.0} B", journal.bytes_per_task),
     );
+    match &dashboard {
+        Some(d) => {
+            row(
+                "no-op tasks/s (100k), dashboard closed",
+                format!("{:.0}", 100_000.0 / d.closed_s),
+            );
+            row(
+                "  dashboard open in Chromium",
+                format!("{:.0}", 100_000.0 / d.open_s),
+            );
+            row("  open / closed", format!("{:.3}", d.closed_s / d.open_s));
+        }
+        None => row("dashboard open in Chromium", "no chromium".to_owned()),
+    }
     row(
         "1 GiB of results made, 256 MiB worker",
         format!("{:.0} MB/s", spilling.made_mb_s),
@@ -460,6 +476,9 @@ pub(crate) fn cluster(module: Option<PathBuf>, metg_target_s: f64) -> CommandRes
             "spilled_mib": (spilling.spilled_bytes as f64 / 1048576.0).round(),
             "spill_gathered_mb_s": spilling.gathered_mb_s.round(),
             "no_spill_gathered_mb_s": in_memory.gathered_mb_s.round(),
+            "dashboard_closed_tasks_per_s": dashboard.as_ref().map(|d| (100_000.0 / d.closed_s).round()),
+            "dashboard_open_tasks_per_s": dashboard.as_ref().map(|d| (100_000.0 / d.open_s).round()),
+            "dashboard_open_closed_ratio": dashboard.as_ref().map(|d| r(d.closed_s / d.open_s, 3)),
             "metg50_us": metg50,
             "metg_points": metg_points,
         })
@@ -678,4 +697,192 @@ fn journal_round(module_bytes: &[u8]) -> anyhow::Result<JournalRound> {
         restart_1m_s,
         bytes_per_task,
     })
+}
+
+/// `wrun bench dashboard`.
+pub(crate) fn dashboard(module: Option<PathBuf>) -> CommandResult {
+    let module_path = super::sandbox::seed_module(module)?;
+    let bytes = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
+    let Some(d) = dashboard_round(&bytes)? else {
+        return Err(anyhow!("no chromium: scripts/setup.sh --tests installs it").into());
+    };
+    outln!("wrun bench dashboard  (wrun local: 2 workers x 1 thread; best of 3 each)");
+    outln!(
+        "  {:<44} {:>14.0}",
+        "no-op tasks/s (100k), dashboard closed",
+        100_000.0 / d.closed_s
+    );
+    outln!(
+        "  {:<44} {:>14.0}",
+        "  dashboard open in Chromium",
+        100_000.0 / d.open_s
+    );
+    outln!(
+        "  {:<44} {:>14.3}",
+        "  open / closed",
+        d.closed_s / d.open_s
+    );
+    outln!(
+        "{}",
+        json!({
+            "bench": "dashboard",
+            "closed_tasks_per_s": (100_000.0 / d.closed_s).round(),
+            "open_tasks_per_s": (100_000.0 / d.open_s).round(),
+            "open_closed_ratio": ((d.closed_s / d.open_s) * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(())
+}
+
+struct DashboardRound {
+    /// The best of three 100k no-op maps with no page open.
+    closed_s: f64,
+    /// The best of three with the page open in headless Chromium.
+    open_s: f64,
+}
+
+/// `METHOD path` on a local HTTP server, the whole answer as text (""
+/// if it does not answer).
+fn http(address: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut bytes = Vec::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        // Chromium's DevTools keep the connection open: read what came
+        // within the time-out.
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(length) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                && body.len() >= length
+            {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn scrape(address: &str) -> String {
+    http(address, "GET", "/metrics")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The 100k no-op map on `wrun local` with its dashboard, closed and open
+/// in turn, three times each, best of each (so a slow moment of the
+/// machine does not fall on one side only). One headless Chromium runs
+/// throughout (its start-up is not the dashboard's cost); "open" is a tab
+/// on the dashboard, opened and closed through Chromium's DevTools HTTP
+/// endpoint, and measured once it is live and Chromium is quiet. `None`
+/// without Chromium.
+fn dashboard_round(module_bytes: &[u8]) -> anyhow::Result<Option<DashboardRound>> {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let file = dir.join(format!("wrun-bench-dashboard-{pid}.json"));
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let local = spawn(
+        &[
+            "local",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--dashboard",
+            &address,
+        ],
+        &file,
+        None,
+    )?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    wait_until("2 workers", Duration::from_secs(60), || {
+        worker_count(&client) == 2
+    })?;
+    let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
+    let warm = client.map(
+        &module,
+        "identity",
+        (0..200).map(|i| vec![json!(i).into()]).collect(),
+    )?;
+    client.gather(&warm)?;
+    let profile = tempfile::tempdir().context("making a Chromium profile")?;
+    let devtools = format!("127.0.0.1:{}", free_port()?);
+    let mut browser = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--remote-debugging-port={}", &devtools[10..]))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting chromium")?;
+    let measured = (|| {
+        wait_until("chromium's DevTools", Duration::from_secs(60), || {
+            http(&devtools, "GET", "/json/version").contains("Browser")
+        })?;
+        // Let Chromium finish starting before anything is measured.
+        std::thread::sleep(Duration::from_secs(2));
+        let (mut closed_s, mut open_s) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..3 {
+            closed_s = closed_s.min(noop_map(&client, &module, 100_000)?);
+            let tab = http(&devtools, "PUT", &format!("/json/new?http://{address}/"));
+            let id = tab
+                .split("\"id\": \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .context("chromium did not open a tab")?
+                .to_owned();
+            wait_until("the page to open", Duration::from_secs(60), || {
+                scrape(&address).contains("wrun_dashboard_viewers 1")
+            })?;
+            std::thread::sleep(Duration::from_secs(1));
+            open_s = open_s.min(noop_map(&client, &module, 100_000)?);
+            http(&devtools, "GET", &format!("/json/close/{id}"));
+            wait_until("the page to close", Duration::from_secs(60), || {
+                scrape(&address).contains("wrun_dashboard_viewers 0")
+            })?;
+        }
+        Ok::<_, anyhow::Error>((closed_s, open_s))
+    })();
+    let _ = browser.kill();
+    let _ = browser.wait();
+    // Chromium's helpers (renderer, GPU) outlive a killed browser process.
+    let _ = Command::new("pkill").arg("-f").arg(profile.path()).status();
+    let (closed_s, open_s) = measured?;
+    drop(client);
+    drop(local);
+    Ok(Some(DashboardRound { closed_s, open_s }))
 }

@@ -33,6 +33,13 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         metg_seconds: f64,
     },
+    /// The 100k no-op map with the dashboard closed and open in headless
+    /// Chromium, three times each (also part of `bench cluster`).
+    Dashboard {
+        /// The seed-tasks module; built from examples/seed-tasks when not given.
+        #[arg(long, env = "WRUN_SEED_MODULE")]
+        module: Option<PathBuf>,
+    },
 }
 
 impl BenchCommand {
@@ -47,6 +54,7 @@ impl BenchCommand {
                 module,
                 metg_seconds,
             } => cluster::cluster(module, metg_seconds),
+            BenchCommand::Dashboard { module } => cluster::dashboard(module),
         }
     }
 }
