@@ -494,3 +494,43 @@ fn a_guest_sleeping_in_the_host_is_stopped_by_its_timeout_in_run_and_on_a_cluste
         );
     }
 }
+
+#[test]
+fn bench_scheduler_runs_a_map_and_a_chain_on_simulated_workers_and_ends_with_json() {
+    for (deps, tasks) in [("none", 3000u64), ("chain", 300)] {
+        let out = wrun(&[
+            "bench",
+            "scheduler",
+            "--workers",
+            "5",
+            "--threads",
+            "2",
+            "--tasks",
+            &tasks.to_string(),
+            "--deps",
+            deps,
+            "--module",
+            SEED_TASKS_WASM,
+        ]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let last: serde_json::Value =
+            serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(last["bench"], "scheduler", "{out:?}");
+        assert_eq!(last["workers"], 5);
+        assert_eq!(last["tasks"], tasks);
+        assert_eq!(last["deps"], deps);
+        assert!(last["tasks_per_s"].as_f64().unwrap() > 0.0, "{last}");
+        // CPU time is counted in 10 ms ticks: a short run may show 0.
+        assert!(last["scheduler_cpu_s"].as_f64().is_some(), "{last}");
+        assert!(
+            last["scheduler_peak_rss_mib"].as_f64().unwrap() > 1.0,
+            "{last}"
+        );
+    }
+    let out = wrun(&["bench", "scheduler", "--workers", "0"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("--workers and --tasks must be above 0"),
+        "{out:?}"
+    );
+}

@@ -78,7 +78,7 @@ impl Default for CoreConfig {
 /// The scheduling state machine; see the crate docs for the policy.
 pub struct Core<P> {
     pub(crate) config: CoreConfig,
-    pub(crate) tasks: HashMap<TaskId, Task<P>>,
+    pub(crate) tasks: HashMap<TaskId, Task<P>, crate::task::IdHash>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
     pub(crate) ready: ReadyQueues,
     /// Workers that take tasks (not retiring), ordered by load: the least
@@ -100,7 +100,7 @@ impl<P> Core<P> {
     pub fn new(config: CoreConfig) -> Core<P> {
         Core {
             config,
-            tasks: HashMap::new(),
+            tasks: HashMap::default(),
             workers: BTreeMap::new(),
             ready: ReadyQueues::default(),
             by_load: BTreeSet::new(),

@@ -120,6 +120,7 @@ impl<P> Core<P> {
                 holds: BTreeSet::new(),
                 last_seen: now,
                 retiring: false,
+                being_stolen: 0,
             },
         );
         self.by_load.insert((0, worker));
@@ -276,7 +277,13 @@ impl<P> Core<P> {
         if t.state != State::Assigned(worker) {
             return;
         }
-        t.stealing = false;
+        if std::mem::take(&mut t.stealing) {
+            self.workers
+                .get_mut(&worker)
+                .expect("assigned to a known worker")
+                .being_stolen -= 1;
+        }
+        let t = self.tasks.get_mut(&task).expect("checked");
         if given_back {
             t.state = State::Ready;
             let tenant = t.spec.tenant;

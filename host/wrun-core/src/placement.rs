@@ -31,12 +31,16 @@ impl<P> Core<P> {
     /// Takes `task` off `worker` (finished, failed, given back, cancelled or
     /// reassigned); returns whether the worker had it.
     pub(crate) fn unassign(&mut self, worker: WorkerId, task: TaskId) -> bool {
+        let stealing = self.tasks.get(&task).is_some_and(|t| t.stealing);
         let Some(w) = self.workers.get_mut(&worker) else {
             return false;
         };
         let before = w.load_key();
         if !w.assigned.remove(&task) {
             return false;
+        }
+        if stealing {
+            w.being_stolen -= 1;
         }
         w.running.remove(&task);
         let after = w.load_key();
@@ -137,39 +141,65 @@ impl<P> Core<P> {
             .take(THIEVES_PER_TURN)
             .map(|(_, id)| (*id, self.workers[id].assigned.len()))
             .collect();
+        if thieves.is_empty() {
+            return;
+        }
         for (thief, thief_load) in thieves {
+            // Counted, not listed: a victim's whole queue is walked only
+            // for the tasks taken (this ran at every turn with an idle
+            // worker, and walking queues of 128 per slot dominated).
             let victim = self
                 .by_load
                 .iter()
                 .rev()
                 .filter(|(_, id)| *id != thief)
                 .take(VICTIMS_LOOKED_AT)
-                .map(|(_, id)| (*id, self.stealable(*id)))
-                .filter(|(id, queued)| queued.len() > self.workers[id].slots as usize)
-                .max_by_key(|(id, queued)| (queued.len(), std::cmp::Reverse(*id)));
+                .map(|(_, id)| (*id, self.stealable_count(*id)))
+                .filter(|(id, queued)| *queued > self.workers[id].slots as usize)
+                .max_by_key(|(id, queued)| (*queued, std::cmp::Reverse(*id)));
             let Some((victim, queued)) = victim else {
                 continue;
             };
-            let count = (queued.len().saturating_sub(thief_load)) / 2;
+            let count = queued.saturating_sub(thief_load) / 2;
             if count == 0 {
                 continue;
             }
             // The most recently queued ones: the victim would reach them last.
-            let taken: Vec<TaskId> = queued.into_iter().rev().take(count).collect();
-            for task in &taken {
-                self.tasks.get_mut(task).expect("known").stealing = true;
-            }
+            let taken = self.stealable_newest(victim, count);
+            self.mark_stealing(victim, &taken);
             comm.steal(victim, &taken);
         }
     }
 
-    /// A worker's tasks that are queued there, not started, and not being
-    /// taken back already.
-    pub(crate) fn stealable(&self, worker: WorkerId) -> Vec<TaskId> {
+    /// Marks queued tasks of `worker` as asked back.
+    pub(crate) fn mark_stealing(&mut self, worker: WorkerId, tasks: &[TaskId]) {
+        for task in tasks {
+            self.tasks.get_mut(task).expect("assigned").stealing = true;
+        }
+        self.workers
+            .get_mut(&worker)
+            .expect("a known worker")
+            .being_stolen += tasks.len();
+    }
+
+    /// How many of a worker's tasks are queued there, not started, and not
+    /// asked back already (a count: no walk of the queue).
+    fn stealable_count(&self, worker: WorkerId) -> usize {
+        let w = &self.workers[&worker];
+        w.assigned
+            .len()
+            .saturating_sub(w.running.len())
+            .saturating_sub(w.being_stolen)
+    }
+
+    /// The `count` most recently queued of a worker's stealable tasks.
+    fn stealable_newest(&self, worker: WorkerId, count: usize) -> Vec<TaskId> {
         let w = &self.workers[&worker];
         w.assigned
             .iter()
+            .rev()
             .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
+            .take(count)
             .copied()
             .collect()
     }

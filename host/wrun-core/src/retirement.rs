@@ -35,9 +35,7 @@ impl<P> Core<P> {
             .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
             .copied()
             .collect();
-        for task in &queued {
-            self.tasks.get_mut(task).expect("assigned").stealing = true;
-        }
+        self.mark_stealing(worker, &queued);
         if !queued.is_empty() {
             comm.steal(worker, &queued);
         }

@@ -102,6 +102,14 @@ impl<P> Core<P> {
                 w.running.is_subset(&w.assigned),
                 "{id}: running but not assigned"
             );
+            assert_eq!(
+                w.being_stolen,
+                w.assigned
+                    .iter()
+                    .filter(|t| self.tasks[*t].stealing)
+                    .count(),
+                "{id}: tasks asked back miscounted"
+            );
             for task in &w.holds {
                 assert!(
                     self.tasks[task].holders.contains(id),

@@ -42,3 +42,41 @@ pub(crate) struct Task<P> {
     pub(crate) errors: u32,
     pub(crate) stealing: bool,
 }
+
+/// Hashes task ids for the core's task table. Ids are the scheduler's own
+/// sequence numbers, never chosen by a peer, so the DoS resistance of
+/// std's SipHash buys nothing here and it was a fifth of the scheduler's
+/// time per task: one multiply-xorshift round (splitmix64's finaliser)
+/// spreads sequential ids over the table.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 ids are hashed here; anything else still hashes.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 ^= id;
+    }
+}

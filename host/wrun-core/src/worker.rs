@@ -13,6 +13,9 @@ pub(crate) struct Worker {
     pub(crate) last_seen: Instant,
     /// Leaving gracefully: takes no new tasks; its results go to peers.
     pub(crate) retiring: bool,
+    /// Of `assigned`, the tasks asked back (`stealing`): kept so that
+    /// stealing counts a queue instead of walking it.
+    pub(crate) being_stolen: usize,
 }
 
 impl Worker {

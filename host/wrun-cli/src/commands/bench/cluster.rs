@@ -13,8 +13,8 @@ use wrun_client::{Client, Delayed, Module, Target, TaskLimits, TaskOptions};
 use crate::exit::CommandResult;
 use crate::output::outln;
 
-struct Cluster {
-    child: Child,
+pub(super) struct Cluster {
+    pub(super) child: Child,
     file: PathBuf,
 }
 
@@ -35,7 +35,11 @@ impl Drop for Cluster {
     }
 }
 
-fn spawn(args: &[&str], file: &PathBuf, log: Option<&PathBuf>) -> anyhow::Result<Cluster> {
+pub(super) fn spawn(
+    args: &[&str],
+    file: &PathBuf,
+    log: Option<&PathBuf>,
+) -> anyhow::Result<Cluster> {
     spawn_with_env(args, file, log, &[])
 }
 
@@ -86,7 +90,7 @@ fn last_transfer(log: &PathBuf) -> Option<(u64, u64)> {
     Some((field("bytes")?, field("micros")?))
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(super) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -97,11 +101,11 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-fn worker_count(client: &Client) -> usize {
+pub(super) fn worker_count(client: &Client) -> usize {
     client.status().ok().map(|s| s.workers.len()).unwrap_or(0)
 }
 
-fn wait_until(
+pub(super) fn wait_until(
     what: &str,
     timeout: Duration,
     mut condition: impl FnMut() -> bool,

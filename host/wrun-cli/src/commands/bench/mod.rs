@@ -2,6 +2,7 @@
 
 mod cluster;
 mod sandbox;
+mod scheduler;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,26 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         metg_seconds: f64,
     },
+    /// The real scheduler process against simulated workers (real Cap'n
+    /// Proto connections from this process; a task "runs" by answering at
+    /// once): tasks/s, the scheduler's CPU per task and its peak memory.
+    Scheduler {
+        /// Simulated workers.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Task threads each worker says it has.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Tasks to run.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// What the tasks depend on.
+        #[arg(long, value_enum, default_value_t = scheduler::Deps::None)]
+        deps: scheduler::Deps,
+        /// The seed-tasks module; built from examples/seed-tasks when not given.
+        #[arg(long, env = "WRUN_SEED_MODULE")]
+        module: Option<PathBuf>,
+    },
     /// The 100k no-op map with the dashboard closed and open in headless
     /// Chromium, three times each (also part of `bench cluster`).
     Dashboard {
@@ -55,6 +76,13 @@ impl BenchCommand {
                 metg_seconds,
             } => cluster::cluster(module, metg_seconds),
             BenchCommand::Dashboard { module } => cluster::dashboard(module),
+            BenchCommand::Scheduler {
+                workers,
+                threads,
+                tasks,
+                deps,
+                module,
+            } => scheduler::scheduler(workers, threads, tasks, deps, module),
         }
     }
 }
