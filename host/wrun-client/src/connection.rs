@@ -36,7 +36,8 @@ pub(crate) enum TaskState {
 /// The session's tasks, as the scheduler's events left them.
 #[derive(Debug, Default)]
 pub(crate) struct TaskTable {
-    pub(crate) tasks: HashMap<TaskKey, TaskState>,
+    /// By this client's own keys (never a peer's: a fast hash is safe).
+    pub(crate) tasks: HashMap<TaskKey, TaskState, wrun_proto::IdHash>,
     /// Keys in the order they finished (done or failed): waiters read what
     /// is new since their last look instead of rescanning all their keys.
     pub(crate) finished_log: Vec<TaskKey>,

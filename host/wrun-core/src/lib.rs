@@ -59,6 +59,7 @@ mod worker;
 
 pub use crate::core::{Core, CoreConfig, Phase, StateCounts};
 pub use crate::recovery::Outcome;
+pub use crate::task::{IdHash, IdHasher};
 pub use crate::tenants::{TenantShare, TenantUsage};
 
 use std::fmt;

@@ -43,13 +43,13 @@ pub(crate) struct Task<P> {
     pub(crate) stealing: bool,
 }
 
-/// Hashes task ids for the core's task table. Ids are the scheduler's own
-/// sequence numbers, never chosen by a peer, so the DoS resistance of
-/// std's SipHash buys nothing here and it was a fifth of the scheduler's
-/// time per task: one multiply-xorshift round (splitmix64's finaliser)
-/// spreads sequential ids over the table.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct IdHash;
+/// Hashes ids a process assigns itself (the core's task table, a client's
+/// own task keys). Such ids are never chosen by a peer, so the DoS
+/// resistance of std's SipHash buys nothing there, and it was a fifth of
+/// the scheduler's time per task: splitmix64's finaliser spreads
+/// sequential ids over the table. Never use it for keys a peer chooses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHash;
 
 impl std::hash::BuildHasher for IdHash {
     type Hasher = IdHasher;
@@ -59,7 +59,8 @@ impl std::hash::BuildHasher for IdHash {
     }
 }
 
-pub(crate) struct IdHasher(u64);
+/// The hasher of [`IdHash`].
+pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {

@@ -46,7 +46,7 @@ pub use connect::{
 pub use ids::TaskKey;
 pub use scheduler_file::{SchedulerFile, new_secret, write_private_file};
 pub use wrun_abi::TaskLimits;
-pub use wrun_core::{TaskId, WorkerId};
+pub use wrun_core::{IdHash, TaskId, WorkerId};
 
 /// The protocol version in the scheduler file and `Cluster.info`.
 pub const PROTOCOL_VERSION: u32 = wrun_capnp::PROTOCOL_VERSION;
