@@ -38,22 +38,21 @@ fn start_local(procs: &mut Procs, workers: u32, threads: u32) -> (PathBuf, Strin
             "127.0.0.1:0",
         ],
     );
-    let log = procs.procs[index].log.clone();
+    let address = dashboard_address(&procs.procs[index].log);
+    (file, address)
+}
+
+/// The dashboard's `host:port`, once the process logged its URL.
+fn dashboard_address(log: &Path) -> String {
     let mut address = String::new();
     wait_until("the dashboard's URL", LONG, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        match text
-            .lines()
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
             .find_map(|l| l.strip_prefix("dashboard: http://"))
-        {
-            Some(rest) => {
-                address = rest.trim_end_matches('/').to_owned();
-                true
-            }
-            None => false,
-        }
+            .map(|rest| address = rest.trim_end_matches('/').to_owned())
+            .is_some()
     });
-    (file, address)
+    address
 }
 
 /// `GET path` with optional headers; (status, body), or (0, "") if the
@@ -422,15 +421,7 @@ fn with_a_tenants_file_the_dashboard_asks_for_a_token_and_shows_each_tenant_its_
             "127.0.0.1:0",
         ],
     );
-    let log = procs.procs[index].log.clone();
-    let mut address = String::new();
-    wait_until("the dashboard's URL", LONG, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("dashboard: http://"))
-            .map(|a| address = a.trim_end_matches('/').to_owned())
-            .is_some()
-    });
+    let address = dashboard_address(&procs.procs[index].log);
     wait_until("the scheduler file", LONG, || file.exists());
     let secret: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let secret = secret["secret"].as_str().unwrap().to_owned();

@@ -209,14 +209,25 @@ fn viewer(app: &App, headers: &HeaderMap, query: &TokenQuery) -> Result<Viewer, 
     }
 }
 
-async fn index(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    if let Err(refused) = viewer(&app, &headers, &query) {
-        return refused.into_response();
+/// Who is asking, as a handler's argument; the token page answers for
+/// whoever may not look.
+struct Looking(Viewer);
+
+impl axum::extract::FromRequestParts<App> for Looking {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> Result<Looking, Refusal> {
+        let query = Query::<TokenQuery>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default();
+        viewer(app, &parts.headers, &query).map(Looking)
     }
+}
+
+async fn index(State(app): State<App>, _: Looking, Query(query): Query<TokenQuery>) -> Response {
     if let Some(token) = &query.token {
         // Into a cookie, and out of the address bar and the history.
         let cookie = format!(
@@ -276,29 +287,13 @@ async fn fresh(hub: &Hub) {
     let _ = tokio::time::timeout(SCRAPE_WAIT, version.changed()).await;
 }
 
-async fn snapshot(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    let viewer = match viewer(&app, &headers, &query) {
-        Ok(viewer) => viewer,
-        Err(refused) => return refused.into_response(),
-    };
+async fn snapshot(State(app): State<App>, Looking(viewer): Looking) -> Response {
     fresh(&app.hub).await;
     let (body, _) = message(&app.hub, &viewer, 0, STREAM_RECORDS);
     axum::Json(body).into_response()
 }
 
-async fn stream(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    let viewer = match viewer(&app, &headers, &query) {
-        Ok(viewer) => viewer,
-        Err(refused) => return refused.into_response(),
-    };
+async fn stream(State(app): State<App>, Looking(viewer): Looking) -> Response {
     let guard = app.hub.viewer_joined();
     let version = app.hub.version.subscribe();
     let since = app
@@ -338,15 +333,7 @@ fn updates(
     )
 }
 
-async fn graph(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    let viewer = match viewer(&app, &headers, &query) {
-        Ok(viewer) => viewer,
-        Err(refused) => return refused.into_response(),
-    };
+async fn graph(State(app): State<App>, Looking(viewer): Looking) -> Response {
     let svg = app
         .hub
         .published
@@ -365,21 +352,13 @@ async fn graph(
     }
 }
 
-async fn metrics(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    match viewer(&app, &headers, &query) {
-        Ok(Viewer::All) => {}
-        Ok(Viewer::Tenant(_)) => {
-            return (
-                StatusCode::FORBIDDEN,
-                "/metrics shows the whole cluster: it needs the cluster secret",
-            )
-                .into_response();
-        }
-        Err(refused) => return refused.into_response(),
+async fn metrics(State(app): State<App>, Looking(viewer): Looking) -> Response {
+    if let Viewer::Tenant(_) = viewer {
+        return (
+            StatusCode::FORBIDDEN,
+            "/metrics shows the whole cluster: it needs the cluster secret",
+        )
+            .into_response();
     }
     fresh(&app.hub).await;
     (

@@ -635,31 +635,8 @@ fn journal_round(module_bytes: &[u8]) -> anyhow::Result<JournalRound> {
     let journal_arg = journal.path().to_str().context("a UTF-8 temp dir")?;
 
     let noop_100k_s = {
-        let local = spawn(
-            &[
-                "local",
-                "--workers",
-                "2",
-                "--threads",
-                "1",
-                "--journal",
-                journal_arg,
-            ],
-            &file,
-            None,
-        )?;
-        let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
-            .map_err(|e| anyhow!(e))?;
-        wait_until("2 workers", Duration::from_secs(60), || {
-            worker_count(&client) == 2
-        })?;
-        let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
-        let warm = client.map(
-            &module,
-            "identity",
-            (0..200).map(|i| vec![json!(i).into()]).collect(),
-        )?;
-        client.gather(&warm)?;
+        let (local, client, module) =
+            warmed_local(&["--journal", journal_arg], &file, module_bytes)?;
         let seconds = noop_map(&client, &module, 100_000)?;
         drop(client);
         drop(local);
@@ -739,6 +716,32 @@ pub(crate) fn dashboard(module: Option<PathBuf>) -> CommandResult {
     Ok(())
 }
 
+/// `wrun local` with 2 workers x 1 thread and `extra` flags, its file at
+/// `file`: connected, both workers joined, the module uploaded and loaded
+/// by both (a warm-up map).
+fn warmed_local(
+    extra: &[&str],
+    file: &PathBuf,
+    module_bytes: &[u8],
+) -> anyhow::Result<(Cluster, Client, Module)> {
+    let mut args = vec!["local", "--workers", "2", "--threads", "1"];
+    args.extend_from_slice(extra);
+    let local = spawn(&args, file, None)?;
+    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    wait_until("2 workers", Duration::from_secs(60), || {
+        worker_count(&client) == 2
+    })?;
+    let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
+    let warm = client.map(
+        &module,
+        "identity",
+        (0..200).map(|i| vec![json!(i).into()]).collect(),
+    )?;
+    client.gather(&warm)?;
+    Ok((local, client, module))
+}
+
 struct DashboardRound {
     /// The best of three 100k no-op maps with no page open.
     closed_s: f64,
@@ -807,31 +810,7 @@ fn dashboard_round(module_bytes: &[u8]) -> anyhow::Result<Option<DashboardRound>
     let pid = std::process::id();
     let file = dir.join(format!("wrun-bench-dashboard-{pid}.json"));
     let address = format!("127.0.0.1:{}", free_port()?);
-    let local = spawn(
-        &[
-            "local",
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--dashboard",
-            &address,
-        ],
-        &file,
-        None,
-    )?;
-    let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
-        .map_err(|e| anyhow!(e))?;
-    wait_until("2 workers", Duration::from_secs(60), || {
-        worker_count(&client) == 2
-    })?;
-    let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
-    let warm = client.map(
-        &module,
-        "identity",
-        (0..200).map(|i| vec![json!(i).into()]).collect(),
-    )?;
-    client.gather(&warm)?;
+    let (local, client, module) = warmed_local(&["--dashboard", &address], &file, module_bytes)?;
     let profile = tempfile::tempdir().context("making a Chromium profile")?;
     let devtools = format!("127.0.0.1:{}", free_port()?);
     let mut browser = Command::new("chromium")
