@@ -103,13 +103,22 @@ impl Graph<'_> {
         Delayed(self.nodes.len() - 1)
     }
 
-    /// Submits the nodes `outputs` need (the others are culled, as Dask's
-    /// `optimize` does, so no worker runs them), waits for `outputs` and
-    /// returns their results; intermediate results are released when done.
+    /// Submits the nodes `outputs` need, waits for `outputs` and returns
+    /// their results; intermediate results are released when done.
     pub fn compute(
         self,
         outputs: &[Delayed],
     ) -> Result<Vec<Result<Json, TaskFailure>>, ClientError> {
+        let client = self.client;
+        let wanted = self.submit(outputs)?;
+        client.gather(&wanted)
+    }
+
+    /// Submits the nodes `outputs` need (the others are culled, as Dask's
+    /// `optimize` does, so no worker runs them) and returns the futures of
+    /// `outputs`, in order, as Dask's `persist` does. Intermediate results
+    /// are released once nothing submitted needs them.
+    pub fn submit(self, outputs: &[Delayed]) -> Result<Vec<TaskFuture>, ClientError> {
         let client = self.client;
         let needed = needed_by(&self.nodes, outputs);
         let keys: Vec<TaskKey> = (0..self.nodes.len()).map(|_| client.new_key()).collect();
@@ -137,8 +146,7 @@ impl Graph<'_> {
             .iter()
             .map(|Delayed(i)| futures[*i].clone().expect("an output is needed"))
             .collect();
-        drop(futures);
-        client.gather(&wanted)
+        Ok(wanted)
     }
 }
 

@@ -229,7 +229,16 @@ impl SubmitCommand {
             nodes.insert(id.clone(), lazy.call(&module, task, call_args));
         }
         let outputs: Vec<_> = graph.outputs.iter().map(|id| nodes[id]).collect();
-        let results = lazy.compute(&outputs).map_err(client_failure)?;
+        let futures = lazy.submit(&outputs).map_err(client_failure)?;
+        if self.detach {
+            let job = client
+                .detach(futures, self.job.as_deref().unwrap_or(""))
+                .map_err(client_failure)?;
+            outln!("{job}");
+            return Ok(());
+        }
+        let results = client.gather(&futures).map_err(client_failure)?;
+        drop(futures);
         let mut failures = 0;
         for (id, result) in graph.outputs.iter().zip(&results) {
             match result {
