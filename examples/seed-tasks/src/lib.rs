@@ -81,11 +81,25 @@ fn identity(x: i64) -> i64 {
 /// Task Bench kernel of METG).
 #[task]
 fn spin(micros: u64) -> u64 {
+    spin_for(micros);
+    micros
+}
+
+/// One point of Task Bench's `stencil_1d`: spins for `micros` and answers
+/// one more than the deepest of its inputs (a missing neighbour is given as
+/// 0), so the last step's answers show that every step ran after the one
+/// before it.
+#[task]
+fn stencil(micros: u64, left: u64, centre: u64, right: u64) -> u64 {
+    spin_for(micros);
+    1 + left.max(centre).max(right)
+}
+
+fn spin_for(micros: u64) {
     let start = std::time::Instant::now();
     while start.elapsed().as_micros() < u128::from(micros) {
         std::hint::spin_loop();
     }
-    micros
 }
 
 /// Bytes that travel as one MessagePack `bin` value (not a list of numbers).

@@ -724,19 +724,41 @@ fn warmed_local(
     file: &PathBuf,
     module_bytes: &[u8],
 ) -> anyhow::Result<(Cluster, Client, Module)> {
-    let mut args = vec!["local", "--workers", "2", "--threads", "1"];
+    warmed_local_of(2, 1, extra, file, module_bytes)
+}
+
+/// `wrun local` with `workers` x `threads` and `extra` flags, its file at
+/// `file`: connected, every worker joined, the module uploaded and loaded
+/// by each (a warm-up map).
+pub(super) fn warmed_local_of(
+    workers: u32,
+    threads: u32,
+    extra: &[&str],
+    file: &PathBuf,
+    module_bytes: &[u8],
+) -> anyhow::Result<(Cluster, Client, Module)> {
+    let (workers_arg, threads_arg) = (workers.to_string(), threads.to_string());
+    let mut args = vec![
+        "local",
+        "--workers",
+        &workers_arg,
+        "--threads",
+        &threads_arg,
+    ];
     args.extend_from_slice(extra);
     let local = spawn(&args, file, None)?;
     let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
         .map_err(|e| anyhow!(e))?;
-    wait_until("2 workers", Duration::from_secs(60), || {
-        worker_count(&client) == 2
+    wait_until("the workers", Duration::from_secs(60), || {
+        worker_count(&client) == workers as usize
     })?;
     let module = client.upload(module_bytes).map_err(|e| anyhow!(e))?;
     let warm = client.map(
         &module,
         "identity",
-        (0..200).map(|i| vec![json!(i).into()]).collect(),
+        (0..200 * workers * threads)
+            .map(|i| vec![json!(i).into()])
+            .collect(),
     )?;
     client.gather(&warm)?;
     Ok((local, client, module))

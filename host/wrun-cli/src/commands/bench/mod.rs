@@ -3,6 +3,7 @@
 mod cluster;
 mod sandbox;
 mod scheduler;
+mod taskbench;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,37 @@ pub(crate) enum BenchCommand {
         #[arg(long, env = "WRUN_SEED_MODULE")]
         module: Option<PathBuf>,
     },
+    /// Task Bench's stencil_1d (each task needs itself and its two
+    /// neighbours of the step before) with busy-wait tasks on a local
+    /// cluster: efficiency per grain and METG(50%). bench/dask/taskbench.py
+    /// runs the same graph on Dask.
+    Taskbench {
+        /// Workers of the local cluster.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Task threads per worker.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Steps (dependency levels) of the stencil.
+        #[arg(long, default_value_t = 500)]
+        steps: u32,
+        /// Columns; the cluster's thread count when not given.
+        #[arg(long)]
+        width: Option<u32>,
+        /// Spin of one task, in µs, for each point of the sweep.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,3000,1000,300,100,50,30,10"
+        )]
+        grains: Vec<u64>,
+        /// Runs per grain; the best counts.
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+        /// The seed-tasks module; built from examples/seed-tasks when not given.
+        #[arg(long, env = "WRUN_SEED_MODULE")]
+        module: Option<PathBuf>,
+    },
     /// The 100k no-op map with the dashboard closed and open in headless
     /// Chromium, three times each (also part of `bench cluster`).
     Dashboard {
@@ -76,6 +108,25 @@ impl BenchCommand {
                 metg_seconds,
             } => cluster::cluster(module, metg_seconds),
             BenchCommand::Dashboard { module } => cluster::dashboard(module),
+            BenchCommand::Taskbench {
+                workers,
+                threads,
+                steps,
+                width,
+                grains,
+                runs,
+                module,
+            } => taskbench::taskbench(
+                taskbench::Stencil {
+                    workers,
+                    threads,
+                    steps,
+                    width,
+                    grains_us: grains,
+                    runs,
+                },
+                module,
+            ),
             BenchCommand::Scheduler {
                 workers,
                 threads,
