@@ -212,6 +212,11 @@ struct Assignment {
   # behind all of its own.
   tenant @5 :UInt32;
   weight @6 :UInt32;
+  # Send the result's bytes with `finished` if it is at most
+  # wrun_proto::SMALL_RESULT_BYTES: a task that needs it may run on another
+  # worker, and the scheduler hands it over inline instead of that worker
+  # fetching it from this one (a peer round trip per dependency level).
+  shareResult @7 :Bool;
 }
 
 struct WorkerEvent {
@@ -222,6 +227,10 @@ struct WorkerEvent {
       size @2 :UInt64;
       stdout @3 :Data;
       stderr @4 :Data;
+      # The result's bytes when they are at most ALWAYS_SHARED_BYTES, or at
+      # most SMALL_RESULT_BYTES and the assignment asked to share them;
+      # empty otherwise (a result is never empty: MessagePack).
+      value @17 :Data;
     }
     failed :group {
       kind @5 :Text;

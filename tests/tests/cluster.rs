@@ -711,6 +711,29 @@ fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() 
         "{logs:#?}"
     );
 
+    // A graph file detaches too (its outputs are the job, in file order).
+    let graph = wrun_tests::workspace_root().join("examples/graphs/seed-graph.toml");
+    let out = wrun(&[
+        "submit",
+        "--detach",
+        "--job",
+        "graph",
+        "--scheduler-file",
+        f,
+        graph.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "graph\n"),
+        "{out:#?}"
+    );
+    let gathered = wrun(&["gather", "graph", "--scheduler-file", f]);
+    assert_eq!(
+        (gathered.code, gathered.stdout.as_str()),
+        (Some(0), "1\n3\n5\n9\n"),
+        "{gathered:#?}"
+    );
+
     let out = wrun(&[
         "submit",
         "--scheduler-file",
@@ -990,4 +1013,104 @@ fn a_worker_spills_results_past_its_memory_and_every_one_comes_back_intact() {
     wait_until("the spill directory removed", LONG, || {
         std::fs::read_dir(&spill).unwrap().count() == 0
     });
+}
+
+#[test]
+fn a_small_result_reaches_a_dependent_on_another_worker_inline_and_a_large_one_from_its_peer() {
+    let mut procs = Procs::new("small-results");
+    let file = start_local(&mut procs, 2, &[]);
+    let mut client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    client.set_options(TaskOptions {
+        limits: TaskLimits {
+            result_bytes: 1 << 20,
+            ..TaskLimits::DEFAULT
+        },
+        ..TaskOptions::default()
+    });
+    let call =
+        |task: &str, args: Vec<wrun_client::Argument>| client.submit(&module, task, args).unwrap();
+    // Two roots that run at the same time go to the two idle workers (one
+    // thread each), so the task that needs both reads one of them from the
+    // other worker: a 1-byte result, passed on by the scheduler.
+    let spin = json!(200_000);
+    let a = call(
+        "stencil",
+        vec![
+            spin.clone().into(),
+            json!(1).into(),
+            json!(0).into(),
+            json!(0).into(),
+        ],
+    );
+    let b = call(
+        "stencil",
+        vec![
+            spin.into(),
+            json!(2).into(),
+            json!(0).into(),
+            json!(0).into(),
+        ],
+    );
+    let small = call(
+        "stencil",
+        vec![json!(0).into(), (&a).into(), (&b).into(), json!(0).into()],
+    );
+    let roots = [a.key(), b.key()];
+    // Two 100 kB results (past SMALL_RESULT_BYTES): fetched from the peer.
+    let c = call("produce", vec![json!(100_000).into(), json!(1).into()]);
+    let d = call("produce", vec![json!(100_000).into(), json!(2).into()]);
+    let large = call("consume", vec![(&c).into(), (&d).into()]);
+    let ends = client.gather(&[small.clone(), large.clone()]).unwrap();
+    assert_eq!(
+        ends.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [json!(4), json!(200_000)]
+    );
+    // A 1 kB result in one graph with its dependent: shared on request.
+    let mut graph = client.graph();
+    let e = graph.call(
+        &module,
+        "produce",
+        vec![json!(1000).into(), json!(3).into()],
+    );
+    let f = graph.call(
+        &module,
+        "produce",
+        vec![json!(1000).into(), json!(4).into()],
+    );
+    let medium = graph.call(&module, "consume", vec![e.into(), f.into()]);
+    let medium = graph.submit(&[medium]).unwrap().remove(0);
+    assert_eq!(
+        client.gather(std::slice::from_ref(&medium)).unwrap()[0]
+            .as_ref()
+            .unwrap(),
+        &json!(2000)
+    );
+    let job = client
+        .detach(
+            vec![a, b, small.clone(), c, d, large.clone(), medium.clone()],
+            "inline",
+        )
+        .unwrap();
+    let stream = client.task_stream(&job).unwrap();
+    let run = |key: wrun_client::TaskKey| {
+        stream
+            .records
+            .iter()
+            .find(|r| r.task == key.0)
+            .unwrap_or_else(|| panic!("no run of {key:?} in {stream:#?}"))
+            .clone()
+    };
+    assert_ne!(
+        run(roots[0]).worker,
+        run(roots[1]).worker,
+        "the roots ran side by side: {stream:#?}"
+    );
+    assert_eq!(run(small.key()).transfer, None, "{stream:#?}");
+    assert_eq!(run(medium.key()).transfer, None, "{stream:#?}");
+    let fetched = run(large.key())
+        .transfer
+        .expect("one input came from the peer");
+    assert!((100_000..100_016).contains(&fetched.bytes), "{fetched:?}");
 }

@@ -195,6 +195,11 @@ impl<P> Core<P> {
             .unwrap_or(&[])
     }
 
+    /// Whether a task still to be computed will read `task`'s result.
+    pub fn has_pending_dependents(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| t.pending > 0)
+    }
+
     /// Whether the task is still to be computed (waiting, queued or running),
     /// e.g. again after its result was lost with a worker.
     pub fn is_active(&self, task: TaskId) -> bool {

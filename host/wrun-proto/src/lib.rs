@@ -77,6 +77,17 @@ pub const MAX_CAPTURED_BYTES: u64 = 4 << 20;
 /// little) travels alone, still under the limit.
 pub const BATCH_BYTES: usize = 8 << 20;
 
+/// The largest result a worker sends with its `finished` event when the
+/// assignment asks it to share it (`Assignment.shareResult`): the scheduler
+/// passes such results to dependents on other workers inline, saving each
+/// a peer fetch. Larger results always travel worker to worker.
+pub const SMALL_RESULT_BYTES: usize = 4096;
+
+/// Results this small travel with `finished` even unasked: a dependent
+/// submitted after its input was assigned (futures, one call at a time)
+/// still gets them inline, and a map's scalars cost a few bytes more.
+pub const ALWAYS_SHARED_BYTES: usize = 64;
+
 /// Turns any displayable error into a capnp error for the caller.
 pub fn failed(error: impl std::fmt::Display) -> capnp::Error {
     capnp::Error::failed(error.to_string())

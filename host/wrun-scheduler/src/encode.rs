@@ -46,6 +46,10 @@ pub(crate) fn flush(shared: &Shared) {
     }
     send_replicates(&state, &outbox);
     send_client_events(&state, &outbox);
+    // After the runs: nothing still to run needs a result freed or forgotten.
+    for task in outbox.free.values().flatten().chain(&outbox.forgotten) {
+        state.small_results.remove(*task);
+    }
 }
 
 /// The core's decisions the journal keeps: results made, failures,
@@ -78,7 +82,7 @@ fn send_runs(state: &State, outbox: &Outbox) {
             .iter()
             .filter_map(|(task, inputs)| state.core.spec(*task).map(|spec| (spec, inputs)))
             .collect();
-        for batch in split_by_size(&tasks, |(spec, _)| assignment_size(spec)) {
+        for batch in split_by_size(&tasks, |(spec, _)| assignment_size(state, spec)) {
             let mut request = conn.control.run_request();
             let mut list = request.get().init_tasks(batch.len() as u32);
             for (i, (spec, inputs)) in batch.iter().enumerate() {
@@ -90,8 +94,9 @@ fn send_runs(state: &State, outbox: &Outbox) {
 }
 
 /// Roughly the bytes an assignment takes in a message: its literals, and
-/// for each input a peer's address, ticket and certificate at most.
-fn assignment_size(spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
+/// for each input a small result passed inline or else a peer's address,
+/// ticket and certificate at most.
+fn assignment_size(state: &State, spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
     128 + spec.payload.template.name.len()
         + spec
             .args
@@ -100,8 +105,11 @@ fn assignment_size(spec: &wrun_core::TaskSpec<crate::state::Payload>) -> usize {
                 // The Input struct and its pointer, and the bytes padded
                 // to a word.
                 Arg::Value(bytes) => 48 + bytes.len(),
-                // With the holder's address, ticket and certificate.
-                Arg::Result(_) => 2048,
+                Arg::Result(dep) => match state.small_results.get(*dep) {
+                    Some(value) => 48 + value.len(),
+                    // With the holder's address, ticket and certificate.
+                    None => 2048,
+                },
                 Arg::Stored(_) => 64,
             })
             .sum::<usize>()
@@ -142,6 +150,7 @@ fn write_assignment(
     wrun_proto::limits::write(&template.limits, a.reborrow().init_limits());
     a.set_tenant(spec.tenant.0);
     a.set_weight(state.core.tenant_share(spec.tenant).weight);
+    a.set_share_result(state.core.has_pending_dependents(spec.id));
     let mut wire_inputs = a.init_inputs(spec.args.len() as u32);
     for (j, arg) in spec.args.iter().enumerate() {
         let mut input = wire_inputs.reborrow().get(j as u32);
@@ -152,6 +161,8 @@ fn write_assignment(
                 let holder = holder_of(inputs, *dep).unwrap_or(worker);
                 if holder == worker {
                     input.set_local(dep.0);
+                } else if let Some(value) = state.small_results.get(*dep) {
+                    input.set_value(value);
                 } else {
                     let mut remote = input.init_remote();
                     remote.set_task(dep.0);

@@ -50,6 +50,7 @@ mod modules;
 mod observe;
 mod recovery;
 mod server;
+mod small_results;
 mod state;
 mod status;
 mod submit;

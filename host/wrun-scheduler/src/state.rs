@@ -165,6 +165,8 @@ pub(crate) struct State {
     pub(crate) modules: ModuleRegistry,
     /// Large literal values put with `putValue`.
     pub(crate) values: crate::values::ValueStore,
+    /// Copies of small results, passed to dependents on other workers.
+    pub(crate) small_results: crate::small_results::SmallResults,
     pub(crate) workers: HashMap<WorkerId, WorkerConn>,
     pub(crate) clients: HashMap<ClientId, ClientConn>,
     /// Captured stdout and stderr of finished tasks that printed anything.
@@ -210,6 +212,7 @@ impl State {
             caps,
             modules: ModuleRegistry::default(),
             values: Default::default(),
+            small_results: Default::default(),
             workers: HashMap::new(),
             clients: HashMap::new(),
             logs: HashMap::new(),

@@ -55,6 +55,17 @@ fn apply_event(
             state
                 .core
                 .task_finished(worker, task, done.get_size(), &mut state.outbox);
+            // Kept only if a task still to run needs it, the core took the
+            // result as this worker's (not a stale finish), and it is what
+            // the worker said it made.
+            let value = done.get_value()?;
+            if !value.is_empty()
+                && value.len() as u64 == done.get_size()
+                && state.core.has_pending_dependents(task)
+                && state.core.holders(task).contains(&worker)
+            {
+                state.small_results.keep(task, value);
+            }
         }
         Which::Failed(failure) => {
             state.record_run(worker, task, failure.get_kind()?.to_str()?, 0, event);

@@ -53,10 +53,14 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
     match run.result {
         Ok(bytes) => {
             let size = bytes.len() as u64;
+            let shared = (bytes.len() <= wrun_proto::ALWAYS_SHARED_BYTES
+                || job.share_result && bytes.len() <= wrun_proto::SMALL_RESULT_BYTES)
+                .then(|| bytes.clone());
             match state.results.insert(job.task, bytes) {
                 Ok(()) => Event::Finished {
                     task: job.task,
                     size,
+                    value: shared.unwrap_or_default(),
                     stdout: run.stdout.bytes,
                     stderr: run.stderr.bytes,
                     timing,

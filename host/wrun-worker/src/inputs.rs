@@ -37,6 +37,8 @@ pub(crate) struct Pending<'a> {
     pub(crate) inputs: Vec<PendingInput<'a>>,
     pub(crate) limits: TaskLimits,
     pub(crate) share: Share,
+    /// Send a small result with `finished` (`Assignment.shareResult`).
+    pub(crate) share_result: bool,
 }
 
 impl<'a> Pending<'a> {
@@ -90,6 +92,7 @@ impl<'a> Pending<'a> {
                 tenant: a.get_tenant(),
                 weight: a.get_weight().max(1),
             },
+            share_result: a.get_share_result(),
         })
     }
 
@@ -121,6 +124,7 @@ impl<'a> Pending<'a> {
                 .collect(),
             limits: self.limits,
             share: self.share,
+            share_result: self.share_result,
         }
     }
 
@@ -163,6 +167,7 @@ impl<'a> Pending<'a> {
             local_inputs,
             limits: self.limits,
             share: self.share,
+            share_result: self.share_result,
             transfer: Default::default(),
         })
     }

@@ -57,6 +57,9 @@ pub(crate) enum Event {
     Finished {
         task: TaskId,
         size: u64,
+        /// The result's bytes when the scheduler asked for them and they
+        /// are small (`Assignment.shareResult`); empty otherwise.
+        value: Vec<u8>,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
         timing: Timing,
@@ -79,7 +82,12 @@ impl Event {
     /// Roughly the bytes it takes in a message.
     fn encoded_size(&self) -> usize {
         32 + match self {
-            Event::Finished { stdout, stderr, .. } => stdout.len() + stderr.len(),
+            Event::Finished {
+                value,
+                stdout,
+                stderr,
+                ..
+            } => value.len() + stdout.len() + stderr.len(),
             Event::Failed {
                 kind,
                 message,
@@ -118,6 +126,7 @@ impl Event {
             Event::Finished {
                 task,
                 size,
+                value,
                 stdout,
                 stderr,
                 timing,
@@ -126,6 +135,7 @@ impl Event {
                 timing.write(e.reborrow());
                 let mut f = e.init_finished();
                 f.set_size(*size);
+                f.set_value(value);
                 f.set_stdout(stdout);
                 f.set_stderr(stderr);
             }
@@ -246,6 +256,7 @@ mod tests {
         Event::Finished {
             task: TaskId(task),
             size: 1,
+            value: Vec::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             timing: Timing::default(),
@@ -276,6 +287,7 @@ mod tests {
         let chatty = |task: u64| Event::Finished {
             task: TaskId(task),
             size: 1,
+            value: Vec::new(),
             stdout: vec![b'x'; 3 << 20],
             stderr: Vec::new(),
             timing: Timing::default(),
@@ -300,6 +312,7 @@ mod tests {
             Event::Finished {
                 task: TaskId(1),
                 size: 1,
+                value: Vec::new(),
                 stdout: vec![0; wrun_proto::BATCH_BYTES + 1],
                 stderr: Vec::new(),
                 timing: Timing::default(),

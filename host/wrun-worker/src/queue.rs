@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub(crate) local_inputs: Vec<(usize, TaskId)>,
     pub(crate) limits: TaskLimits,
     pub(crate) share: Share,
+    /// Send a small result with `finished` (`Assignment.shareResult`).
+    pub(crate) share_result: bool,
     /// Its inputs' fetch from peers (for the task stream).
     pub(crate) transfer: crate::outbox::Transfer,
 }
@@ -304,6 +306,7 @@ mod tests {
             local_inputs: Vec::new(),
             limits: TaskLimits::DEFAULT,
             share: Share { tenant, weight },
+            share_result: false,
             transfer: Default::default(),
         }
     }
