@@ -265,7 +265,7 @@ fn inspect_lists_tasks_with_signatures() {
     );
     let json = wrun(&["inspect", SEED_TASKS_WASM, "--json"]);
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    assert_eq!(parsed["tasks"].as_array().unwrap().len(), 14);
+    assert_eq!(parsed["tasks"].as_array().unwrap().len(), 15);
     assert_eq!(parsed["digest"].as_str().unwrap().len(), 64);
 }
 

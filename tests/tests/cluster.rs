@@ -1114,3 +1114,38 @@ fn a_small_result_reaches_a_dependent_on_another_worker_inline_and_a_large_one_f
         .expect("one input came from the peer");
     assert!((100_000..100_016).contains(&fetched.bytes), "{fetched:?}");
 }
+
+#[test]
+fn a_map_larger_than_a_chunk_comes_back_whole_and_in_order_from_the_shell() {
+    // `wrun submit` sends and gathers 50,000 calls at a time; 120,001 lines
+    // (and a blank one, skipped) cross two chunk boundaries.
+    let mut procs = Procs::new("big-map");
+    let file = start_local(&mut procs, 2, &[]);
+    let args = procs.path("args.jsonl");
+    let text: String = (0..120_001)
+        .map(|i| match i {
+            60_000 => format!("\n[{i}]\n"),
+            _ => format!("[{i}]\n"),
+        })
+        .collect();
+    std::fs::write(&args, text).unwrap();
+    let out = wrun(&[
+        "submit",
+        "--scheduler-file",
+        file.to_str().unwrap(),
+        SEED_TASKS_WASM,
+        "identity",
+        "--args-file",
+        args.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 120_001);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(*line, i.to_string(), "result {i}");
+    }
+    let client = connect(&file);
+    wait_until("every task released", LONG, || {
+        client.status().unwrap().tasks.total == 0
+    });
+}

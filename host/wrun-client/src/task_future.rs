@@ -119,7 +119,7 @@ impl Client {
         Ok(futures
             .iter()
             .map(|f| match table.tasks.get(&f.key()) {
-                Some(TaskState::Failed(failure)) => Err(failure.clone()),
+                Some(TaskState::Failed(failure)) => Err((**failure).clone()),
                 _ => Ok(()),
             })
             .collect())

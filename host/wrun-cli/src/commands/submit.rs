@@ -53,42 +53,26 @@ pub(crate) struct SubmitCommand {
 }
 
 impl SubmitCommand {
-    fn parse_calls(&self, params: usize) -> Result<Vec<Vec<Json>>, Failure> {
-        let parse = |text: &str, what: String| -> Result<Json, Failure> {
-            serde_json::from_str(text).map_err(|error| {
-                Failure::input(anyhow!("{what} ({text:?}) is not valid JSON: {error}; strings need quotes, e.g. '\"{text}\"'"))
-            })
-        };
+    /// The calls to make: the ARGs, or the lines of --args-file (kept as
+    /// text and parsed as they are sent, so that a million calls never
+    /// exist as JSON all at once).
+    fn read_calls(&self, params: usize) -> Result<Calls, Failure> {
         if let Some(path) = &self.args_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let mut calls = Vec::new();
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                match parse(line, format!("line {} of {}", n + 1, path.display()))? {
-                    Json::Array(items) => calls.push(items),
-                    _ => {
-                        return Err(Failure::input(anyhow!(
-                            "line {} of {}: expected a JSON array of arguments",
-                            n + 1,
-                            path.display()
-                        )));
-                    }
-                }
-            }
-            return Ok(calls);
+            return Ok(Calls::File {
+                path: path.clone(),
+                text,
+            });
         }
         let values: Vec<Json> = self
             .arg
             .iter()
             .enumerate()
-            .map(|(i, text)| parse(text, format!("argument {}", i + 1)))
+            .map(|(i, text)| parse_json(text, format!("argument {}", i + 1)))
             .collect::<Result<_, _>>()?;
         if !self.map {
-            return Ok(vec![values]);
+            return Ok(Calls::Inline(vec![values]));
         }
         values
             .into_iter()
@@ -101,7 +85,8 @@ impl SubmitCommand {
                     i + 1
                 ))),
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Calls::Inline)
     }
 
     /// Connects to the named scheduler, or starts an embedded cluster.
@@ -155,26 +140,40 @@ impl SubmitCommand {
                     .join(", ")
             )));
         };
-        let calls = self.parse_calls(signature.params.len())?;
+        let calls = self.read_calls(signature.params.len())?;
         let fan_out = self.map || self.args_file.is_some();
         // Check every call's arguments before anything is sent.
-        for (i, call) in calls.iter().enumerate() {
-            wrun_abi::encode_args_from_json(signature, call).map_err(|e| {
+        calls.each(|i, call| {
+            wrun_abi::encode_args_from_json(signature, &call).map_err(|e| {
                 Failure::input(if fan_out {
                     anyhow!("call {}: {e}", i + 1)
                 } else {
                     anyhow!(e)
                 })
             })?;
-        }
+            Ok(())
+        })?;
 
         let (embedded, client) = self.connect_or_embed()?;
         let module = client.upload(&bytes).map_err(client_failure)?;
-        let calls: Vec<Vec<Argument>> = calls
-            .into_iter()
-            .map(|c| c.into_iter().map(Argument::from).collect())
-            .collect();
-        let futures = client.map(&module, &task, calls).map_err(client_failure)?;
+        // Sent in chunks as they are parsed: the scheduler starts on the
+        // first while the next is read.
+        let mut futures = Vec::with_capacity(calls.len());
+        let mut chunk: Vec<Vec<Argument>> = Vec::new();
+        calls.each(|_, call| {
+            chunk.push(call.into_iter().map(Argument::from).collect());
+            if chunk.len() == CHUNK {
+                let sent = client
+                    .map(&module, &task, std::mem::take(&mut chunk))
+                    .map_err(client_failure)?;
+                futures.extend(sent);
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            futures.extend(client.map(&module, &task, chunk).map_err(client_failure)?);
+        }
+        drop(calls);
         if self.detach {
             let job = client
                 .detach(futures, self.job.as_deref().unwrap_or(""))
@@ -186,7 +185,6 @@ impl SubmitCommand {
         client
             .wait_with_progress(&futures, |done, _| progress.set(done))
             .map_err(client_failure)?;
-        let results = client.gather(&futures).map_err(client_failure)?;
         let name = |i: usize| {
             if fan_out {
                 format!("call {}", i + 1)
@@ -194,14 +192,23 @@ impl SubmitCommand {
                 format!("task `{task}`")
             }
         };
-        let failures = print_results(&results, name);
-        drop(futures);
+        // Gathered, printed and released a chunk at a time, so the client
+        // never holds every result at once.
+        let total = futures.len();
+        let mut failures = 0;
+        let mut left = futures.into_iter();
+        let mut printed = 0;
+        while printed < total {
+            let chunk: Vec<_> = left.by_ref().take(CHUNK).collect();
+            let results = client.gather(&chunk).map_err(client_failure)?;
+            failures += print_results(&results, |i| name(printed + i));
+            printed += chunk.len();
+        }
         drop(client);
         drop(embedded);
         if failures > 0 {
             return Err(Failure::task(anyhow!(
-                "{failures} of {} task(s) failed",
-                results.len()
+                "{failures} of {total} task(s) failed"
             )));
         }
         Ok(())
@@ -260,6 +267,68 @@ impl SubmitCommand {
                 "{failures} of {} output(s) failed",
                 results.len()
             )));
+        }
+        Ok(())
+    }
+}
+
+/// Calls a map sends and gathers at a time.
+const CHUNK: usize = 50_000;
+
+fn parse_json(text: &str, what: String) -> Result<Json, Failure> {
+    serde_json::from_str(text).map_err(|error| {
+        Failure::input(anyhow!(
+            "{what} ({text:?}) is not valid JSON: {error}; strings need quotes, e.g. '\"{text}\"'"
+        ))
+    })
+}
+
+/// The calls of a submission: given on the command line, or the text of
+/// an --args-file (one JSON array per non-blank line).
+enum Calls {
+    Inline(Vec<Vec<Json>>),
+    File { path: PathBuf, text: String },
+}
+
+impl Calls {
+    fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Calls::Inline(calls) => calls.len(),
+            Calls::File { text, .. } => Calls::lines(text).count(),
+        }
+    }
+
+    /// `f(i, arguments)` for each call in order; stops at the first error.
+    fn each(
+        &self,
+        mut f: impl FnMut(usize, Vec<Json>) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        match self {
+            Calls::Inline(calls) => {
+                for (i, call) in calls.iter().enumerate() {
+                    f(i, call.clone())?;
+                }
+            }
+            Calls::File { path, text } => {
+                for (i, (n, line)) in Calls::lines(text).enumerate() {
+                    match parse_json(line, format!("line {} of {}", n + 1, path.display()))? {
+                        Json::Array(items) => f(i, items)?,
+                        _ => {
+                            return Err(Failure::input(anyhow!(
+                                "line {} of {}: expected a JSON array of arguments",
+                                n + 1,
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
