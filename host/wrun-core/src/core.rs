@@ -78,7 +78,10 @@ impl Default for CoreConfig {
 /// The scheduling state machine; see the crate docs for the policy.
 pub struct Core<P> {
     pub(crate) config: CoreConfig,
-    pub(crate) tasks: HashMap<TaskId, Task<P>, crate::task::IdHash>,
+    /// Boxed: the table grows by doubling and holds its entries inline, so
+    /// a million ~130-byte tasks took a 2M-entry table (and the old one
+    /// while it grew): 400 MB at the peak instead of 160.
+    pub(crate) tasks: HashMap<TaskId, Box<Task<P>>, crate::task::IdHash>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
     pub(crate) ready: ReadyQueues,
     /// Workers that take tasks (not retiring), ordered by load: the least
@@ -154,7 +157,7 @@ impl<P> Core<P> {
             .workers
             .values()
             .flat_map(|w| w.running.iter())
-            .filter(|task| self.tasks.get(task).is_some_and(&mine))
+            .filter(|task| self.tasks.get(task).is_some_and(|t| mine(t)))
             .count();
         counts
     }

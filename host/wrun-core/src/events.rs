@@ -61,7 +61,7 @@ impl<P> Core<P> {
             }
             self.tasks.insert(
                 id,
-                Task {
+                Box::new(Task {
                     spec,
                     deps,
                     dependents: ThinVec::new(),
@@ -73,7 +73,7 @@ impl<P> Core<P> {
                     deaths: 0,
                     errors: 0,
                     stealing: false,
-                },
+                }),
             );
             // A failed dependency fails the task at once.
             let failed_dep = self.tasks[&id]

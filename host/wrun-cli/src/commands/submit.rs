@@ -12,7 +12,7 @@ use wrun_local::{EmbeddedCluster, EmbeddedConfig};
 use crate::args::{LimitArgs, SchedulerArgs, client_failure};
 use crate::exit::{CommandResult, Failure};
 use crate::graph_file::{self, GraphValue};
-use crate::output::outln;
+use crate::output::{out, outln};
 use crate::progress::Progress;
 
 /// Run a task (or a map of tasks) on a cluster and print the JSON results.
@@ -340,13 +340,19 @@ pub(crate) fn print_results(
     results: &[Result<Json, wrun_client::TaskFailure>],
     name: impl Fn(usize) -> String,
 ) -> usize {
+    use std::fmt::Write;
+    // One write for the lot: a flush per line was a syscall per result
+    // (a second of a million-task map).
+    let mut text = String::new();
     let mut failures = 0;
     for (i, result) in results.iter().enumerate() {
         match result {
-            Ok(value) => outln!("{value}"),
+            Ok(value) => {
+                let _ = writeln!(text, "{value}");
+            }
             Err(failure) => {
                 failures += 1;
-                outln!("null");
+                text.push_str("null\n");
                 eprintln!(
                     "error: {} failed ({}): {}",
                     name(i),
@@ -356,5 +362,6 @@ pub(crate) fn print_results(
             }
         }
     }
+    out!("{text}");
     failures
 }
