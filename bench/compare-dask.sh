@@ -2,7 +2,7 @@
 # Runs the Dask reference benchmarks (bench/dask) and `wrun bench
 # cluster` on this machine, one after the other, and prints the ratios.
 #
-#   bench/compare-dask.sh                 # 3 runs per Dask script (about 25 min on 2 cores)
+#   bench/compare-dask.sh                 # 3 runs per Dask script (about 30 min on 2 cores)
 #   RUNS=1 bench/compare-dask.sh          # 1 run each (about 10 min)
 #   SKIP_DASK=1 bench/compare-dask.sh     # reuse the Dask figures of the last run
 #
@@ -38,6 +38,8 @@ if [ "${SKIP_DASK:-0}" != 1 ]; then
   run data_transfer data_transfer --runs "$RUNS"
   run metg metg
   run noop_100k noop_throughput --sizes 100000 --runs 1 --per-run-limit 600
+  run noop_100k_32w noop_throughput --workers 32 --sizes 100000 --runs 1 --per-run-limit 600
+  run taskbench taskbench --runs 2
 fi
 
 scripts/setup.sh
@@ -45,4 +47,10 @@ cargo build --release --bins >&2
 module=$(target/release/wrun build examples/seed-tasks | tail -n 1)
 echo "== wrun bench cluster | $(uptime)" >&2
 target/release/wrun bench cluster --module "$module" | tee "$OUT/wrun-table.txt" | tail -n 1 > "$OUT/wrun.json"
+echo "== wrun bench taskbench | $(uptime)" >&2
+target/release/wrun bench taskbench --module "$module" | tee -a "$OUT/wrun-table.txt" | tail -n 1 > "$OUT/wrun-taskbench.json"
+echo "== bench/scheduler-cost.sh 2 32 | $(uptime)" >&2
+WRUN=$PWD/target/release/wrun bench/scheduler-cost.sh 2 32 | tee -a "$OUT/wrun-table.txt" | tail -n 1 > "$OUT/wrun-scheduler-cost.json"
+echo "== bench/million.sh | $(uptime)" >&2
+WRUN=$PWD/target/release/wrun bench/million.sh | tee -a "$OUT/wrun-table.txt" | tail -n 1 > "$OUT/wrun-million.json"
 python3 bench/compare.py "$OUT"

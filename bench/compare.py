@@ -42,6 +42,25 @@ rows = [
     ("METG(50%) (us)", get(dask("metg"), "metg50_us"), wrun["metg50_us"], False, "<= 20 us"),
 ]
 
+def wrun_file(name):
+    path = out / f"wrun-{name}.json"
+    try:
+        return json.loads(path.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+cost = {c["workers"]: c for c in (get(wrun_file("scheduler-cost"), "scheduler_cost") or [])}
+million = wrun_file("million")
+rows += [
+    ("stencil_1d METG(50%), 2x1 (us)", get(dask("taskbench"), "metg50_us"), get(wrun_file("taskbench"), "metg50_us"), False, "<= 50 us"),
+    ("no-op map 100k, 32 workers (s)", get(dask("noop_100k_32w"), "by_size", "100000", "median", "wall_s"), get(cost.get(32), "wall_s"), False, ""),
+    ("scheduler CPU/task 32w / 2w", None, (get(cost.get(32), "us_per_task") or 0) / (get(cost.get(2), "us_per_task") or 1) if cost.get(32) and cost.get(2) else None, False, "<= 2"),
+    ("1M map from the shell (s)", None, get(million, "wall_s"), False, "<= 5 s"),
+    ("1M map: scheduler peak RSS (MiB)", None, get(million, "scheduler_peak_rss_mib"), False, "<= 256 MB"),
+    ("1M map: client peak RSS (MiB)", None, get(million, "client_peak_rss_mib"), False, "<= 256 MB"),
+]
+
 print(f"{'measure':<34} {'Dask':>12} {'wrun':>12} {'wrun better by':>15}  target")
 for what, d, w, higher, target in rows:
     if d is None or w is None or not d or not w:

@@ -2,7 +2,8 @@
 # The scheduler's CPU per task as the worker count grows: for each N given,
 # `wrun local --workers N --threads 1` (the scheduler is that process; its
 # workers are children, not counted), a 100,000-task no-op map, and the
-# scheduler's own user+system time from /proc/PID/stat.
+# scheduler's own user+system time from /proc/PID/stat. The last line is
+# the figures as JSON.
 #   bench/scheduler-cost.sh 2 32
 #   WRUN=/path/to/other/wrun bench/scheduler-cost.sh 2 32   # a build to compare
 set -euo pipefail
@@ -24,6 +25,7 @@ ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 [ $# -eq 0 ] && set -- 2 32
+figures=
 for workers in "$@"; do
   file=$work/sched-$workers.json
   "$WRUN" local --workers "$workers" --threads 1 --scheduler-file "$file" \
@@ -46,5 +48,7 @@ for workers in "$@"; do
   python3 -c "
 wall = $t1 - $t0; cpu = ($cpu1 - $cpu0) / $ticks
 print(f'workers {$workers:>5}: wall {wall:6.2f} s, scheduler CPU {cpu:6.2f} s, {cpu / 1e5 * 1e6:6.1f} us per task')"
+  figures="$figures{\"workers\": $workers, \"wall_s\": $(python3 -c "print(round($t1 - $t0, 3))"), \"us_per_task\": $(python3 -c "print(round(($cpu1 - $cpu0) / $ticks / 1e5 * 1e6, 2))")},"
   kill "$local_pid"; wait "$local_pid" 2>/dev/null || true; local_pid=
 done
+echo "{\"scheduler_cost\": [${figures%,}]}"
