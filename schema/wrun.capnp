@@ -217,6 +217,11 @@ struct Assignment {
   # worker, and the scheduler hands it over inline instead of that worker
   # fetching it from this one (a peer round trip per dependency level).
   shareResult @7 :Bool;
+  # Staged: some `local` inputs are still being made on this worker (they
+  # are earlier in its queue). The worker parks the task and starts it when
+  # they are in its store, with no word from the scheduler. Without this a
+  # missing local input fails the task.
+  waitForInputs @8 :Bool;
 }
 
 struct WorkerEvent {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use wrun_client::{Client, ClientError, Module, Target, TaskLimits, TaskOptions, WorkerStatus};
+use wrun_client::{
+    Client, ClientError, Delayed, Module, Target, TaskLimits, TaskOptions, WorkerStatus,
+};
 use wrun_tests::{
     Procs, SEED_TASKS_WASM, TEST_GUESTS_WASM, read_module, wait_until, wrun, wrun_with_env,
 };
@@ -1148,4 +1150,39 @@ fn a_map_larger_than_a_chunk_comes_back_whole_and_in_order_from_the_shell() {
     wait_until("every task released", LONG, || {
         client.status().unwrap().tasks.total == 0
     });
+}
+
+#[test]
+fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_goes_on_there_without_the_scheduler() {
+    let mut procs = Procs::new("staging");
+    let file = start_local(&mut procs, 1, &[]);
+    let client = connect(&file);
+    wait_until("the worker", LONG, || workers(&client).len() == 1);
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    // A 1-second head, then 20 steps that each need the one before.
+    let mut graph = client.graph();
+    let stencil = |graph: &mut wrun_client::Graph<'_>, spin: u64, input: Option<Delayed>| {
+        let input = input.map_or_else(|| json!(0).into(), Into::into);
+        graph.call(
+            &module,
+            "stencil",
+            vec![json!(spin).into(), input, json!(0).into(), json!(0).into()],
+        )
+    };
+    let mut last = stencil(&mut graph, 1_000_000, None);
+    for _ in 0..20 {
+        last = stencil(&mut graph, 0, Some(last));
+    }
+    let out = graph.submit(&[last]).unwrap();
+    // While the head runs, all 21 are on the worker: the 20 wait there
+    // for their inputs instead of in the scheduler.
+    wait_until("the head running", LONG, || {
+        client.status().unwrap().tasks.running == 1
+    });
+    let tasks = client.status().unwrap().tasks;
+    assert_eq!((tasks.on_workers, tasks.waiting), (21, 0), "{tasks:?}");
+    assert_eq!(
+        client.gather(&out).unwrap()[0].as_ref().unwrap(),
+        &json!(21)
+    );
 }

@@ -63,6 +63,9 @@ pub struct CoreConfig {
     pub max_deaths: u32,
     /// A worker silent for longer than this is removed by [`Core::tick`].
     pub heartbeat_timeout: Duration,
+    /// Send a task to the worker making all its inputs before they are
+    /// made, so the worker starts it without a round trip (`staging.rs`).
+    pub staging: bool,
 }
 
 impl Default for CoreConfig {
@@ -71,6 +74,7 @@ impl Default for CoreConfig {
             queue_per_slot: 128,
             max_deaths: 3,
             heartbeat_timeout: Duration::from_secs(3),
+            staging: true,
         }
     }
 }
@@ -196,6 +200,16 @@ impl<P> Core<P> {
             .get(&task)
             .map(|t| t.holders.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The worker `task` is assigned to, if it is, and whether it is
+    /// staged there (sent ahead of inputs still being made).
+    pub fn assignment(&self, task: TaskId) -> Option<(WorkerId, bool)> {
+        let t = self.tasks.get(&task)?;
+        match t.state {
+            State::Assigned(worker) => Some((worker, t.staged)),
+            _ => None,
+        }
     }
 
     /// Whether a task still to be computed will read `task`'s result.

@@ -73,6 +73,7 @@ impl<P> Core<P> {
                     deaths: 0,
                     errors: 0,
                     stealing: false,
+                    staged: false,
                 }),
             );
             // A failed dependency fails the task at once.
@@ -121,6 +122,7 @@ impl<P> Core<P> {
                 last_seen: now,
                 retiring: false,
                 being_stolen: 0,
+                staged: 0,
             },
         );
         self.by_load.insert((0, worker));
@@ -194,6 +196,9 @@ impl<P> Core<P> {
             return;
         }
         self.unassign(worker, task);
+        // Staged tasks start only once their inputs are made, and the
+        // worker reports those first; this is for safety's sake.
+        self.tasks.get_mut(&task).expect("checked").staged = false;
         self.record_result(worker, task, size, comm);
         if self.is_retiring(worker) {
             self.hand_off(worker, comm);
@@ -229,6 +234,7 @@ impl<P> Core<P> {
                 self.make_ready(dependent);
             }
         }
+        self.staged_inputs_made(task, comm);
         self.maybe_free(task, comm);
     }
 
@@ -251,11 +257,14 @@ impl<P> Core<P> {
             return;
         }
         t.stealing = false;
+        t.staged = false;
         if t.errors < t.spec.retries {
             t.errors += 1;
             t.state = State::Ready;
             let tenant = t.spec.tenant;
             self.ready.push_front(tenant, task);
+            // It may run elsewhere now.
+            self.unstage_dependents(task, comm);
         } else {
             self.fail(task, failure, comm);
         }
@@ -289,6 +298,7 @@ impl<P> Core<P> {
             let tenant = t.spec.tenant;
             self.unassign(worker, task);
             self.ready.push_front(tenant, task);
+            self.unstage_dependents(task, comm);
             self.schedule(comm);
         }
     }
@@ -332,6 +342,11 @@ impl<P> Core<P> {
                 continue;
             }
             t.stealing = false;
+            if std::mem::take(&mut t.staged) {
+                // Its inputs went with the worker: it waits for them again.
+                t.state = State::Waiting;
+                continue;
+            }
             if running.contains(&task) && max_deaths != u32::MAX {
                 t.deaths += 1;
                 if t.deaths >= max_deaths {

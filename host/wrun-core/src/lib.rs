@@ -53,6 +53,7 @@ mod ready;
 mod recovery;
 mod retirement;
 mod sanity;
+mod staging;
 mod task;
 mod tenants;
 mod worker;
@@ -101,8 +102,9 @@ pub enum Arg {
     /// The result of this task, fetched from a worker that holds it.
     Result(TaskId),
     /// A large value the client put in the scheduler (by its SHA-256),
-    /// which the worker reads from the scheduler.
-    Stored([u8; 32]),
+    /// which the worker reads from the scheduler. Boxed: it is rare, and
+    /// inline it made every argument of every task 40 bytes, not 16.
+    Stored(Box<[u8; 32]>),
 }
 
 /// What to run. The core reads only `id`, `client`, `tenant`, `args` (for

@@ -116,6 +116,7 @@ impl<P> Core<P> {
                     if self.unassign(worker, task) {
                         comm.cancel(worker, task);
                     }
+                    self.tasks.get_mut(&task).expect("known").staged = false;
                 }
                 State::Waiting => {}
                 State::Done | State::Failed(_) => continue,
@@ -183,12 +184,21 @@ impl<P> Core<P> {
                         self.ready.remove(tenant, task);
                         self.tasks.get_mut(&task).expect("known").state = State::Waiting;
                     }
-                    State::Assigned(worker) if missing > 0 => {
+                    // A staged task whose inputs are still coming on its
+                    // worker stays.
+                    State::Assigned(worker)
+                        if missing > 0
+                            && !(self.tasks[&task].staged
+                                && self.inputs_come_from(task, worker)) =>
+                    {
                         self.unassign(worker, task);
                         comm.cancel(worker, task);
                         let t = self.tasks.get_mut(&task).expect("known");
                         t.state = State::Waiting;
                         t.stealing = false;
+                        t.staged = false;
+                        // What was staged behind it waits too.
+                        self.unstage_dependents(task, comm);
                     }
                     _ => {}
                 }

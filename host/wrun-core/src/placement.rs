@@ -32,6 +32,7 @@ impl<P> Core<P> {
     /// reassigned); returns whether the worker had it.
     pub(crate) fn unassign(&mut self, worker: WorkerId, task: TaskId) -> bool {
         let stealing = self.tasks.get(&task).is_some_and(|t| t.stealing);
+        let staged = self.tasks.get(&task).is_some_and(|t| t.staged);
         let Some(w) = self.workers.get_mut(&worker) else {
             return false;
         };
@@ -41,6 +42,9 @@ impl<P> Core<P> {
         }
         if stealing {
             w.being_stolen -= 1;
+        }
+        if staged {
+            w.staged -= 1;
         }
         w.running.remove(&task);
         let after = w.load_key();
@@ -123,6 +127,7 @@ impl<P> Core<P> {
             self.tasks.get_mut(&task).expect("known").state = State::Assigned(worker);
             self.assign_to(worker, task);
             comm.assign(worker, &self.tasks[&task].spec, &inputs);
+            self.stage_dependents(worker, task, comm);
         }
         if self.ready.is_empty() {
             self.steal(comm);
@@ -182,14 +187,15 @@ impl<P> Core<P> {
             .being_stolen += tasks.len();
     }
 
-    /// How many of a worker's tasks are queued there, not started, and not
-    /// asked back already (a count: no walk of the queue).
+    /// How many of a worker's tasks are queued there, not started, not
+    /// asked back already and not staged (a count: no walk of the queue).
     fn stealable_count(&self, worker: WorkerId) -> usize {
         let w = &self.workers[&worker];
         w.assigned
             .len()
             .saturating_sub(w.running.len())
             .saturating_sub(w.being_stolen)
+            .saturating_sub(w.staged)
     }
 
     /// The `count` most recently queued of a worker's stealable tasks.
@@ -198,7 +204,14 @@ impl<P> Core<P> {
         w.assigned
             .iter()
             .rev()
-            .filter(|t| !w.running.contains(t) && !self.tasks[*t].stealing)
+            .filter(|t| {
+                let task = &self.tasks[*t];
+                // Nor one a staged task waits for here.
+                !w.running.contains(t)
+                    && !task.stealing
+                    && !task.staged
+                    && !task.dependents.iter().any(|d| self.tasks[d].staged)
+            })
             .take(count)
             .copied()
             .collect()

@@ -29,6 +29,8 @@ impl<P> Core<P> {
             self.by_load.remove(&(w.load_key(), worker));
         }
         w.retiring = true;
+        self.unstage_all(worker, comm);
+        let w = self.workers.get(&worker).expect("checked");
         let queued: Vec<TaskId> = w
             .assigned
             .iter()

@@ -59,7 +59,15 @@ impl<P> Core<P> {
                         .get(worker)
                         .unwrap_or_else(|| panic!("{id} on unknown {worker}"));
                     assert!(w.assigned.contains(id), "{worker} does not list {id}");
-                    assert_eq!(self.missing(*id), 0, "{id} assigned with missing inputs");
+                    if t.staged {
+                        assert!(self.missing(*id) > 0, "{id} staged with all inputs made");
+                        assert!(
+                            self.inputs_come_from(*id, *worker),
+                            "{id} staged on {worker}, which is not making its inputs"
+                        );
+                    } else {
+                        assert_eq!(self.missing(*id), 0, "{id} assigned with missing inputs");
+                    }
                 }
                 State::Done => {
                     for holder in &t.holders {
@@ -78,6 +86,12 @@ impl<P> Core<P> {
             }
             if !matches!(t.state, State::Done) {
                 assert!(t.holders.is_empty(), "{id} not done but held");
+            }
+            if t.staged {
+                assert!(
+                    matches!(t.state, State::Assigned(_)),
+                    "{id} staged but not assigned"
+                );
             }
         }
         for (task, (from, to)) in &self.handoffs {
@@ -109,6 +123,11 @@ impl<P> Core<P> {
                     .filter(|t| self.tasks[*t].stealing)
                     .count(),
                 "{id}: tasks asked back miscounted"
+            );
+            assert_eq!(
+                w.staged,
+                w.assigned.iter().filter(|t| self.tasks[*t].staged).count(),
+                "{id}: staged tasks miscounted"
             );
             for task in &w.holds {
                 assert!(

@@ -41,6 +41,9 @@ pub(crate) struct Task<P> {
     pub(crate) deaths: u32,
     pub(crate) errors: u32,
     pub(crate) stealing: bool,
+    /// Assigned ahead of its inputs (`staging.rs`): some are still being
+    /// made, all on its worker, which starts it when they are.
+    pub(crate) staged: bool,
 }
 
 /// Hashes ids a process assigns itself (the core's task table, a client's

@@ -84,15 +84,31 @@ struct Env {
 }
 
 impl Env {
+    /// A core without staging: these tests spell out the decisions of
+    /// placement one round trip at a time (staging has its own below, and
+    /// the random sequences run with it).
     fn new(queue_per_slot: u32) -> Env {
+        Env::with(CoreConfig {
+            queue_per_slot,
+            staging: false,
+            ..CoreConfig::default()
+        })
+    }
+
+    fn with(config: CoreConfig) -> Env {
         Env {
-            core: Core::new(CoreConfig {
-                queue_per_slot,
-                ..CoreConfig::default()
-            }),
+            core: Core::new(config),
             comm: TestComm::default(),
             now: Instant::now(),
         }
+    }
+
+    /// A core as the scheduler runs it: staging on.
+    fn staging(queue_per_slot: u32) -> Env {
+        Env::with(CoreConfig {
+            queue_per_slot,
+            ..CoreConfig::default()
+        })
     }
 
     /// What the core said since the last call; checks invariants first.
@@ -527,10 +543,24 @@ impl World {
             }
             Step::Progress(_) | Step::FailOne(_) => {
                 let Some(worker) = chosen else { return };
-                let Some(&task) = self.queues[&worker].front() else {
+                // A worker runs a queued task once its inputs are made (a
+                // staged one waits for them).
+                let core = &env.core;
+                let Some(at) = self.queues[&worker].iter().position(|task| {
+                    core.spec(*task).is_some_and(|spec| {
+                        spec.dependencies()
+                            .iter()
+                            .all(|d| matches!(core.outcome(*d), Some(Ok(_))))
+                    })
+                }) else {
                     return;
                 };
-                self.queues.get_mut(&worker).expect("known").pop_front();
+                let task = self
+                    .queues
+                    .get_mut(&worker)
+                    .expect("known")
+                    .remove(at)
+                    .expect("found");
                 env.core.task_started(worker, task);
                 if matches!(step, Step::FailOne(_)) {
                     env.core
@@ -582,9 +612,9 @@ proptest! {
     /// Any event sequence keeps the invariants; afterwards, with one worker
     /// left that runs everything, every task ends done or failed.
     #[test]
-    fn random_event_sequences_keep_invariants_and_finish(graph in graph(), steps in prop::collection::vec(step(), 0..120)) {
+    fn random_event_sequences_keep_invariants_and_finish(graph in graph(), steps in prop::collection::vec(step(), 0..120), staging in any::<bool>()) {
         let mut world = World {
-            env: Env::new(2),
+            env: if staging { Env::staging(2) } else { Env::new(2) },
             queues: BTreeMap::new(),
             steals: VecDeque::new(),
             copies: VecDeque::new(),
@@ -973,4 +1003,158 @@ fn a_rejoining_worker_s_result_completes_a_task_that_was_queued_again() {
         vec![Said::Assign(w(3), t(2), vec![(t(1), w(3))])]
     );
     assert_eq!(env.core.recomputed(), 0);
+}
+
+// ---- staging ----
+
+#[test]
+fn a_chain_is_staged_on_the_worker_making_its_head_and_runs_without_round_trips() {
+    let mut env = Env::staging(4);
+    env.worker(1, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[1]), spec(3, &[2])]);
+    // All three go at once: 2 and 3 wait on the worker for their inputs.
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Assign(w(1), t(1), vec![]),
+            Said::Assign(w(1), t(2), vec![(t(1), w(1))]),
+            Said::Assign(w(1), t(3), vec![(t(2), w(1))]),
+        ]
+    );
+    assert_eq!(env.core.state_counts().on_workers, 3);
+    // Finishing each says nothing new to the worker: it goes on by itself.
+    env.finish(1, 1, 8);
+    assert_eq!(env.said(), vec![Said::Done(t(1), w(1))]);
+    env.finish(1, 2, 8);
+    assert_eq!(env.said(), vec![Said::Done(t(2), w(1))]);
+    env.finish(1, 3, 8);
+    assert_eq!(env.said(), vec![Said::Done(t(3), w(1))]);
+}
+
+#[test]
+fn staging_stops_at_a_full_queue_and_goes_on_as_tasks_finish() {
+    let mut env = Env::staging(2);
+    env.worker(1, 1);
+    let chain = (1..=5)
+        .map(|i| {
+            if i == 1 {
+                spec(1, &[])
+            } else {
+                spec(i, &[i - 1])
+            }
+        })
+        .collect();
+    env.submit(chain);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Assign(w(1), t(1), vec![]),
+            Said::Assign(w(1), t(2), vec![(t(1), w(1))]),
+        ]
+    );
+    env.finish(1, 1, 8);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(1), w(1)),
+            Said::Assign(w(1), t(3), vec![(t(2), w(1))]),
+        ]
+    );
+}
+
+#[test]
+fn a_task_whose_inputs_are_made_on_two_workers_is_not_staged() {
+    let mut env = Env::staging(1);
+    env.worker(1, 1);
+    env.worker(2, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[]), spec(3, &[1, 2])]);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Assign(w(1), t(1), vec![]),
+            Said::Assign(w(2), t(2), vec![]),
+        ]
+    );
+    env.finish(1, 1, 8);
+    env.finish(2, 2, 8);
+    let said = env.said();
+    assert!(
+        said.contains(&Said::Assign(w(1), t(3), vec![(t(1), w(1)), (t(2), w(2))])),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn a_failed_input_fails_its_staged_dependents_and_cancels_them_on_the_worker() {
+    let mut env = Env::staging(4);
+    env.worker(1, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[1])]);
+    env.said();
+    env.core.task_started(w(1), t(1));
+    env.core
+        .task_failed(w(1), t(1), error("boom"), &mut env.comm);
+    let said = env.said();
+    assert!(said.contains(&Said::Cancel(w(1), t(2))), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|s| matches!(s, Said::Failed(task, _) if *task == t(2))),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn staged_tasks_wait_again_when_their_inputs_leave_the_worker() {
+    // A retried input may run elsewhere: its staged dependent is taken back.
+    let mut env = Env::staging(4);
+    env.worker(1, 1);
+    let mut head = spec(1, &[]);
+    head.retries = 1;
+    env.submit(vec![head, spec(2, &[1])]);
+    env.said();
+    env.core.task_started(w(1), t(1));
+    env.core
+        .task_failed(w(1), t(1), error("flaky"), &mut env.comm);
+    let said = env.said();
+    assert!(said.contains(&Said::Cancel(w(1), t(2))), "{said:?}");
+    // Placed again, with its dependent staged again behind it.
+    assert!(said.contains(&Said::Assign(w(1), t(1), vec![])), "{said:?}");
+    assert!(
+        said.contains(&Said::Assign(w(1), t(2), vec![(t(1), w(1))])),
+        "{said:?}"
+    );
+    // The worker dies: both go back, the dependent to waiting.
+    env.core.remove_worker(w(1), &mut env.comm);
+    env.said();
+    assert_eq!(env.core.state_counts().waiting, 1);
+    assert_eq!(env.core.queued_count(), 1);
+    env.worker(2, 1);
+    env.said();
+    env.finish(2, 1, 8);
+    env.finish(2, 2, 8);
+    assert_eq!(env.core.state_counts().done, 2);
+    env.said();
+}
+
+#[test]
+fn staged_tasks_and_the_inputs_they_wait_for_are_not_stolen() {
+    let mut env = Env::staging(4);
+    env.worker(1, 1);
+    // 1 runs; 2 is staged on it; 3 and 4 are plain queued tasks.
+    env.submit(vec![
+        spec(1, &[]),
+        spec(2, &[1]),
+        spec(3, &[]),
+        spec(4, &[]),
+    ]);
+    env.said();
+    env.core.task_started(w(1), t(1));
+    env.worker(2, 1);
+    let said = env.said();
+    assert!(said.contains(&Said::Steal(w(1), vec![t(4)])), "{said:?}");
+    assert!(
+        !said
+            .iter()
+            .any(|s| matches!(s, Said::Steal(_, tasks) if tasks.contains(&t(2)))),
+        "{said:?}"
+    );
 }

@@ -16,6 +16,9 @@ pub(crate) struct Worker {
     /// Of `assigned`, the tasks asked back (`stealing`): kept so that
     /// stealing counts a queue instead of walking it.
     pub(crate) being_stolen: usize,
+    /// Of `assigned`, the tasks staged ahead of their inputs (`staged`):
+    /// they cannot be stolen.
+    pub(crate) staged: usize,
 }
 
 impl Worker {

@@ -31,10 +31,17 @@ pub(crate) fn flush(shared: &Shared) {
     {
         state.finished.notify_waiters();
     }
+    // Cancels first: a task taken back and assigned again to the same
+    // worker in one turn (a staged task whose input is retried there) must
+    // not have its new run cancelled by the old one's cancel.
+    for (worker, tasks) in &outbox.cancel {
+        if let Some(conn) = state.workers.get(worker) {
+            send_task_list(TaskListCall::Cancel, *worker, &conn.control, tasks);
+        }
+    }
     send_runs(&state, &outbox);
     let lists = [
         (TaskListCall::Steal, &outbox.steal),
-        (TaskListCall::Cancel, &outbox.cancel),
         (TaskListCall::Free, &outbox.free),
     ];
     for (call, batches) in lists {
@@ -76,10 +83,16 @@ fn send_runs(state: &State, outbox: &Outbox) {
         let Some(conn) = state.workers.get(worker) else {
             continue;
         };
-        // A task assigned and cancelled in the same turn is gone from the
-        // core; the worker hears only of the cancel.
+        // A task assigned and cancelled (or taken back) in the same turn is
+        // no longer assigned here; the worker hears only of the cancel.
         let tasks: Vec<_> = tasks
             .iter()
+            .filter(|(task, _)| {
+                state
+                    .core
+                    .assignment(*task)
+                    .is_some_and(|(w, _)| w == *worker)
+            })
             .filter_map(|(task, inputs)| state.core.spec(*task).map(|spec| (spec, inputs)))
             .collect();
         for batch in split_by_size(&tasks, |(spec, _)| assignment_size(state, spec)) {
@@ -151,12 +164,18 @@ fn write_assignment(
     a.set_tenant(spec.tenant.0);
     a.set_weight(state.core.tenant_share(spec.tenant).weight);
     a.set_share_result(state.core.has_pending_dependents(spec.id));
+    a.set_wait_for_inputs(
+        state
+            .core
+            .assignment(spec.id)
+            .is_some_and(|(_, staged)| staged),
+    );
     let mut wire_inputs = a.init_inputs(spec.args.len() as u32);
     for (j, arg) in spec.args.iter().enumerate() {
         let mut input = wire_inputs.reborrow().get(j as u32);
         match arg {
             Arg::Value(bytes) => input.set_value(bytes),
-            Arg::Stored(digest) => input.set_stored(digest),
+            Arg::Stored(digest) => input.set_stored(&digest[..]),
             Arg::Result(dep) => {
                 let holder = holder_of(inputs, *dep).unwrap_or(worker);
                 if holder == worker {

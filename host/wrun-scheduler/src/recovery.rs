@@ -110,7 +110,7 @@ pub(crate) fn tasks_record(state: &State, specs: &[&TaskSpec<Payload>]) -> Vec<u
                 match arg {
                     Arg::Value(bytes) => a.set_value(bytes),
                     Arg::Result(task) => a.set_result(task.0),
-                    Arg::Stored(digest) => a.set_stored(digest),
+                    Arg::Stored(digest) => a.set_stored(&digest[..]),
                 }
             }
         }
@@ -517,7 +517,7 @@ fn decode_tasks(
                     let digest = crate::values::digest_from(digest?)
                         .map_err(|e| capnp::Error::failed(e.to_string()))?;
                     lost_dependency |= state.values.get(&digest).is_none();
-                    Arg::Stored(digest.0)
+                    Arg::Stored(Box::new(digest.0))
                 }
             });
         }

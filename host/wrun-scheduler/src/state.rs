@@ -111,6 +111,11 @@ impl Comm<Payload> for Outbox {
             .extend_from_slice(tasks);
     }
     fn cancel(&mut self, worker: WorkerId, task: TaskId) {
+        // A run of it not sent yet is dropped; one assigned again later in
+        // this turn comes after, and `flush` sends cancels before runs.
+        if let Some(runs) = self.run.get_mut(&worker) {
+            runs.retain(|(t, _)| *t != task);
+        }
         self.cancel.entry(worker).or_default().push(task);
     }
     fn free(&mut self, worker: WorkerId, task: TaskId) {

@@ -38,7 +38,7 @@ pub(crate) enum ArgRequest<'a> {
 pub(crate) fn stored_args(args: &[Arg]) -> Vec<ModuleDigest> {
     args.iter()
         .filter_map(|a| match a {
-            Arg::Stored(d) => Some(ModuleDigest(*d)),
+            Arg::Stored(d) => Some(ModuleDigest(**d)),
             _ => None,
         })
         .collect()
@@ -367,7 +367,7 @@ pub(crate) fn validate(
                         .known_to(submitter.tenant, &digest)
                         .ok_or_else(unknown)?;
                     check(bytes)?;
-                    Arg::Stored(digest.0)
+                    Arg::Stored(Box::new(digest.0))
                 }
                 ArgRequest::Value(bytes) => {
                     check(bytes)?;

@@ -163,7 +163,7 @@ fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
             .await;
             match prepared {
                 Ok(job) => {
-                    this.state.queue.push(job);
+                    this.state.queue.push_when_ready(job, &this.state.results);
                 }
                 Err(message) => {
                     debug!(%task, "preparing failed: {message}");
@@ -203,7 +203,7 @@ impl worker_control::Server for ControlImpl {
                 let task = pending.task;
                 match pending.assemble(&self.state.results, &HashMap::new()) {
                     Ok(job) => {
-                        self.state.queue.push(job);
+                        self.state.queue.push_when_ready(job, &self.state.results);
                     }
                     Err(message) => self
                         .state
@@ -244,7 +244,10 @@ impl worker_control::Server for ControlImpl {
                     .await
                 {
                     Ok(value) => match this.state.results.insert(task, value) {
-                        Ok(()) => true,
+                        Ok(()) => {
+                            this.state.queue.made(task);
+                            true
+                        }
                         Err(error) => {
                             debug!(%task, "no room for a copy from a retiring peer: {error}");
                             false

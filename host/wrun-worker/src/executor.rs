@@ -17,8 +17,15 @@ pub(crate) fn executor(state: Arc<WorkerState>, thread: u32) {
             timing.thread = thread;
             timing.transfer = job.transfer;
         }
-        let idle = state.queue.finished(job.task);
+        let made = matches!(event, Event::Finished { .. });
+        // Not idle if a parked job waits for this result: it runs next.
+        let idle = state.queue.finished(job.task) && !(made && state.queue.has_waiters(job.task));
+        // The result's event goes out before anything that read it can
+        // report: the scheduler must hear of an input before its dependent.
         state.events.push(event, idle);
+        if made {
+            state.queue.made(job.task);
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct Pending<'a> {
     pub(crate) share: Share,
     /// Send a small result with `finished` (`Assignment.shareResult`).
     pub(crate) share_result: bool,
+    /// Staged: wait for missing local inputs (`Assignment.waitForInputs`).
+    pub(crate) wait_for_inputs: bool,
 }
 
 impl<'a> Pending<'a> {
@@ -93,6 +95,7 @@ impl<'a> Pending<'a> {
                 weight: a.get_weight().max(1),
             },
             share_result: a.get_share_result(),
+            wait_for_inputs: a.get_wait_for_inputs(),
         })
     }
 
@@ -125,6 +128,7 @@ impl<'a> Pending<'a> {
             limits: self.limits,
             share: self.share,
             share_result: self.share_result,
+            wait_for_inputs: self.wait_for_inputs,
         }
     }
 
@@ -142,7 +146,9 @@ impl<'a> Pending<'a> {
             match input {
                 PendingInput::Value(bytes) => args.extend_from_slice(bytes),
                 PendingInput::Local(task) => {
-                    if !results.contains(*task) {
+                    // A staged task's input may still be on its way: the
+                    // queue parks it (`TaskQueue::push_when_ready`).
+                    if !self.wait_for_inputs && !results.contains(*task) {
                         return Err(format!("input {task} is not on this worker"));
                     }
                     local_inputs.push((args.len(), *task));

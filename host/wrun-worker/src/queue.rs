@@ -178,6 +178,11 @@ struct Inner {
     running: HashMap<TaskId, Arc<AtomicBool>>,
     /// Assignments being prepared, and whether a cancel came meanwhile.
     preparing: HashMap<TaskId, bool>,
+    /// Staged jobs waiting for local inputs still being made here, with
+    /// how many they still wait for.
+    parked: HashMap<TaskId, (Job, usize)>,
+    /// Which parked jobs wait for each input.
+    waiters: HashMap<TaskId, Vec<TaskId>>,
     stopped: bool,
 }
 
@@ -204,6 +209,7 @@ impl TaskQueue {
 
     /// Queues a job; `false` if it was cancelled while being prepared
     /// (then it is dropped).
+    #[cfg(test)]
     pub(crate) fn push(&self, job: Job) -> bool {
         let mut inner = self.lock();
         if inner.preparing.remove(&job.task) == Some(true) {
@@ -213,6 +219,69 @@ impl TaskQueue {
         drop(inner);
         self.ready.notify_one();
         true
+    }
+
+    /// Queues a job whose local inputs are all in `results`, or parks it
+    /// until [`TaskQueue::made`] says the missing ones are (a staged task);
+    /// `false` if it was cancelled while being prepared. Checked under the
+    /// queue's lock, which `made` takes too: an input stored meanwhile is
+    /// either seen here or announced after the job is parked.
+    pub(crate) fn push_when_ready(&self, job: Job, results: &crate::results::ResultStore) -> bool {
+        let mut inner = self.lock();
+        if inner.preparing.remove(&job.task) == Some(true) {
+            return false;
+        }
+        let mut missing: Vec<TaskId> = job
+            .local_inputs
+            .iter()
+            .map(|(_, input)| *input)
+            .filter(|input| !results.contains(*input))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            inner.queued.push(job);
+            drop(inner);
+            self.ready.notify_one();
+            return true;
+        }
+        let task = job.task;
+        for input in &missing {
+            inner.waiters.entry(*input).or_default().push(task);
+        }
+        inner.parked.insert(task, (job, missing.len()));
+        true
+    }
+
+    /// Whether a parked job waits for `task`'s result.
+    pub(crate) fn has_waiters(&self, task: TaskId) -> bool {
+        self.lock().waiters.contains_key(&task)
+    }
+
+    /// `task`'s result is in the store now: the parked jobs that waited
+    /// only for it are queued.
+    pub(crate) fn made(&self, task: TaskId) {
+        let mut inner = self.lock();
+        let Some(waiting) = inner.waiters.remove(&task) else {
+            return;
+        };
+        let mut queued = 0;
+        for parked in waiting {
+            // Gone if it was cancelled meanwhile.
+            let Some((_, left)) = inner.parked.get_mut(&parked) else {
+                continue;
+            };
+            *left -= 1;
+            if *left == 0 {
+                let (job, _) = inner.parked.remove(&parked).expect("just seen");
+                inner.queued.push(job);
+                queued += 1;
+            }
+        }
+        drop(inner);
+        for _ in 0..queued {
+            self.ready.notify_one();
+        }
     }
 
     /// The next job and its cancel flag, waiting for one; `None` once stopped.
@@ -241,7 +310,7 @@ impl TaskQueue {
 
     pub(crate) fn cancel(&self, task: TaskId) -> Cancelled {
         let mut inner = self.lock();
-        if inner.queued.remove(task) {
+        if inner.queued.remove(task) || inner.parked.remove(&task).is_some() {
             Cancelled::Dequeued
         } else if let Some(flag) = inner.running.get(&task) {
             flag.store(true, Ordering::Relaxed);
@@ -269,6 +338,8 @@ impl TaskQueue {
     pub(crate) fn abandon_all(&self) {
         let mut inner = self.lock();
         inner.queued = FairQueue::default();
+        inner.parked.clear();
+        inner.waiters.clear();
         for flag in inner.running.values() {
             flag.store(true, Ordering::Relaxed);
         }
@@ -320,6 +391,32 @@ mod tests {
             order.push(job.task.0);
         }
         order
+    }
+
+    #[test]
+    fn a_staged_job_waits_for_its_local_inputs_and_a_cancel_takes_it_out() {
+        let results = crate::results::ResultStore::default();
+        let queue = TaskQueue::default();
+        let staged = |task: u64, inputs: &[u64]| Job {
+            local_inputs: inputs.iter().map(|i| (1, TaskId(*i))).collect(),
+            ..job(task)
+        };
+        results.insert(TaskId(1), vec![0x01]).unwrap();
+        // Its input is here: queued at once.
+        assert!(queue.push_when_ready(staged(10, &[1]), &results));
+        assert_eq!(drain(&queue), vec![10]);
+        // Waits for two inputs (one named twice), then for the last one.
+        queue.push_when_ready(staged(11, &[2, 3, 2]), &results);
+        queue.push_when_ready(staged(12, &[3]), &results);
+        assert!(queue.is_empty() && queue.has_waiters(TaskId(2)));
+        results.insert(TaskId(2), vec![0x02]).unwrap();
+        queue.made(TaskId(2));
+        assert!(queue.is_empty(), "11 still waits for 3");
+        assert_eq!(queue.cancel(TaskId(12)), Cancelled::Dequeued);
+        results.insert(TaskId(3), vec![0x03]).unwrap();
+        queue.made(TaskId(3));
+        assert_eq!(drain(&queue), vec![11], "12 was cancelled while parked");
+        assert!(!queue.has_waiters(TaskId(3)));
     }
 
     #[test]
