@@ -1153,7 +1153,7 @@ fn a_map_larger_than_a_chunk_comes_back_whole_and_in_order_from_the_shell() {
 }
 
 #[test]
-fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_goes_on_there_without_the_scheduler() {
+fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_survives_that_worker_dying() {
     let mut procs = Procs::new("staging");
     let file = start_local(&mut procs, 1, &[]);
     let client = connect(&file);
@@ -1181,8 +1181,22 @@ fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_goes_on_there_without_
     });
     let tasks = client.status().unwrap().tasks;
     assert_eq!((tasks.on_workers, tasks.waiting), (21, 0), "{tasks:?}");
+    // The worker dies with the chain staged on it: the head goes back to
+    // the queue, the rest to waiting, and the restarted worker runs it all.
+    let victim = workers(&client)[0].pid;
+    nix_kill(victim as i32);
+    wait_until("the nanny to bring the worker back", LONG, || {
+        let now = workers(&client);
+        now.len() == 1 && now[0].pid != victim
+    });
     assert_eq!(
         client.gather(&out).unwrap()[0].as_ref().unwrap(),
         &json!(21)
+    );
+    let tasks = client.status().unwrap().tasks;
+    assert_eq!(
+        (tasks.failed, tasks.waiting, tasks.on_workers),
+        (0, 0, 0),
+        "{tasks:?}"
     );
 }
