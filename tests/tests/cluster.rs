@@ -735,6 +735,27 @@ fn detached_jobs_can_be_gathered_inspected_and_cancelled_from_other_processes() 
         (Some(0), "1\n3\n5\n9\n"),
         "{gathered:#?}"
     );
+    // Tasks no output needs are culled before submission, as Dask does:
+    // of 50 tasks with 2 outputs, the cluster sees 2.
+    let cull = procs.path("cull.toml");
+    let mut text = format!("module = {SEED_TASKS_WASM:?}\noutputs = [\"t0\", \"t1\"]\n");
+    for i in 0..50 {
+        text.push_str(&format!("[tasks.t{i}]\ntask = \"spin\"\nargs = [200000]\n"));
+    }
+    std::fs::write(&cull, text).unwrap();
+    let before = client.status().unwrap().tasks.total;
+    let out = wrun(&[
+        "submit",
+        "--detach",
+        "--scheduler-file",
+        f,
+        cull.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let culled = out.stdout.trim().to_owned();
+    assert_eq!(client.status().unwrap().tasks.total, before + 2);
+    let gathered = wrun(&["gather", &culled, "--scheduler-file", f]);
+    assert_eq!(gathered.stdout, "200000\n200000\n", "{gathered:#?}");
 
     let out = wrun(&[
         "submit",
