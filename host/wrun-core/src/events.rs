@@ -249,6 +249,7 @@ impl<P> Core<P> {
         if !self.workers.contains_key(&worker) {
             return;
         }
+        let staged = self.tasks.get(&task).is_some_and(|t| t.staged);
         self.unassign(worker, task);
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
@@ -258,6 +259,16 @@ impl<P> Core<P> {
         }
         t.stealing = false;
         t.staged = false;
+        if staged && self.missing(task) > 0 {
+            // A staged task that ended before its inputs were made (it
+            // could not be prepared, or its report overtook theirs) waits
+            // for them again; it is not counted as an error.
+            self.tasks.get_mut(&task).expect("checked").state = State::Waiting;
+            self.unstage_dependents(task, comm);
+            self.schedule(comm);
+            return;
+        }
+        let t = self.tasks.get_mut(&task).expect("checked");
         if t.errors < t.spec.retries {
             t.errors += 1;
             t.state = State::Ready;

@@ -103,10 +103,11 @@ impl Env {
         }
     }
 
-    /// A core as the scheduler runs it: staging on.
+    /// A core with staging on (`wrun scheduler --staging`).
     fn staging(queue_per_slot: u32) -> Env {
         Env::with(CoreConfig {
             queue_per_slot,
+            staging: true,
             ..CoreConfig::default()
         })
     }

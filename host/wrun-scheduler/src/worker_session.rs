@@ -59,6 +59,8 @@ fn apply_event(
             // result as this worker's (not a stale finish), and it is what
             // the worker said it made.
             let value = done.get_value()?;
+            // A recomputed result replaces any copy of the old one.
+            state.small_results.remove(task);
             if !value.is_empty()
                 && value.len() as u64 == done.get_size()
                 && state.core.has_pending_dependents(task)

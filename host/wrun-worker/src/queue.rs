@@ -179,8 +179,9 @@ struct Inner {
     /// Assignments being prepared, and whether a cancel came meanwhile.
     preparing: HashMap<TaskId, bool>,
     /// Staged jobs waiting for local inputs still being made here, with
-    /// how many they still wait for.
-    parked: HashMap<TaskId, (Job, usize)>,
+    /// the inputs they still wait for (a set: a job cancelled and parked
+    /// again leaves stale entries in `waiters`, which must not count).
+    parked: HashMap<TaskId, (Job, std::collections::HashSet<TaskId>)>,
     /// Which parked jobs wait for each input.
     waiters: HashMap<TaskId, Vec<TaskId>>,
     stopped: bool,
@@ -249,7 +250,9 @@ impl TaskQueue {
         for input in &missing {
             inner.waiters.entry(*input).or_default().push(task);
         }
-        inner.parked.insert(task, (job, missing.len()));
+        inner
+            .parked
+            .insert(task, (job, missing.into_iter().collect()));
         true
     }
 
@@ -267,12 +270,15 @@ impl TaskQueue {
         };
         let mut queued = 0;
         for parked in waiting {
-            // Gone if it was cancelled meanwhile.
+            // Gone if it was cancelled meanwhile; a stale entry of a job
+            // parked again finds the input already gone from its set.
             let Some((_, left)) = inner.parked.get_mut(&parked) else {
                 continue;
             };
-            *left -= 1;
-            if *left == 0 {
+            if !left.remove(&task) {
+                continue;
+            }
+            if left.is_empty() {
                 let (job, _) = inner.parked.remove(&parked).expect("just seen");
                 inner.queued.push(job);
                 queued += 1;
