@@ -89,6 +89,15 @@ impl SubmitCommand {
             .map(Calls::Inline)
     }
 
+    /// Hands `futures` to the cluster as a detached job and prints its name.
+    fn detach(&self, client: &Client, futures: Vec<wrun_client::TaskFuture>) -> CommandResult {
+        let job = client
+            .detach(futures, self.job.as_deref().unwrap_or(""))
+            .map_err(client_failure)?;
+        outln!("{job}");
+        Ok(())
+    }
+
     /// Connects to the named scheduler, or starts an embedded cluster.
     fn connect_or_embed(&self) -> Result<(Option<EmbeddedCluster>, Client), Failure> {
         let (embedded, target, credentials) = match self.scheduler.target() {
@@ -175,11 +184,7 @@ impl SubmitCommand {
         }
         drop(calls);
         if self.detach {
-            let job = client
-                .detach(futures, self.job.as_deref().unwrap_or(""))
-                .map_err(client_failure)?;
-            outln!("{job}");
-            return Ok(());
+            return self.detach(&client, futures);
         }
         let progress = Progress::new(futures.len(), fan_out);
         client
@@ -238,11 +243,7 @@ impl SubmitCommand {
         let outputs: Vec<_> = graph.outputs.iter().map(|id| nodes[id]).collect();
         let futures = lazy.submit(&outputs).map_err(client_failure)?;
         if self.detach {
-            let job = client
-                .detach(futures, self.job.as_deref().unwrap_or(""))
-                .map_err(client_failure)?;
-            outln!("{job}");
-            return Ok(());
+            return self.detach(&client, futures);
         }
         let results = client.gather(&futures).map_err(client_failure)?;
         drop(futures);
