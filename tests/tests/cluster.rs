@@ -1176,7 +1176,8 @@ fn a_map_larger_than_a_chunk_comes_back_whole_and_in_order_from_the_shell() {
 #[test]
 fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_survives_that_worker_dying() {
     let mut procs = Procs::new("staging");
-    let file = start_local(&mut procs, 1, &["--staging"]);
+    // Staging is on by default.
+    let file = start_local(&mut procs, 1, &[]);
     let client = connect(&file);
     wait_until("the worker", LONG, || workers(&client).len() == 1);
     let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();

@@ -279,12 +279,13 @@ pub(crate) struct PolicyArgs {
     /// A worker silent this long is removed and its work rescheduled.
     #[arg(long, env = "WRUN_HEARTBEAT_TIMEOUT", default_value_t = HumanDuration(wrun_core::CoreConfig::default().heartbeat_timeout))]
     pub(crate) heartbeat_timeout: HumanDuration,
-    /// Experimental: send a task to the worker making all its inputs
-    /// before they are made, so the worker starts it with no round trip
-    /// (a chain runs ~7x faster). Off by default: a review found orders of
-    /// events it does not handle yet (see docs/ARCHITECTURE.md).
-    #[arg(long, env = "WRUN_STAGING")]
-    pub(crate) staging: bool,
+    /// Do not stage: by default a task whose inputs are all being made on
+    /// one worker goes there before they are made, and the worker starts
+    /// it with no round trip through the scheduler (a chain of tiny tasks
+    /// runs ~7x faster). With this, every task waits in the scheduler until
+    /// its inputs are done, as in Dask.
+    #[arg(long, env = "WRUN_NO_STAGING")]
+    pub(crate) no_staging: bool,
 }
 
 impl PolicyArgs {
@@ -292,7 +293,7 @@ impl PolicyArgs {
         wrun_core::CoreConfig {
             queue_per_slot: self.queue_per_slot.max(1),
             heartbeat_timeout: self.heartbeat_timeout.0,
-            staging: self.staging,
+            staging: !self.no_staging,
             ..wrun_core::CoreConfig::default()
         }
     }

@@ -65,7 +65,7 @@ pub struct CoreConfig {
     pub heartbeat_timeout: Duration,
     /// Send a task to the worker making all its inputs before they are
     /// made, so the worker starts it without a round trip (`staging.rs`).
-    /// Experimental and off by default (`wrun scheduler --staging`).
+    /// On by default (`wrun scheduler --no-staging` turns it off).
     pub staging: bool,
 }
 
@@ -75,7 +75,7 @@ impl Default for CoreConfig {
             queue_per_slot: 128,
             max_deaths: 3,
             heartbeat_timeout: Duration::from_secs(3),
-            staging: false,
+            staging: true,
         }
     }
 }

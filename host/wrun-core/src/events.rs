@@ -190,9 +190,19 @@ impl<P> Core<P> {
             .get(&task)
             .is_some_and(|t| t.state == State::Assigned(worker))
         {
-            // Stale: cancelled, failed meanwhile, or reassigned. Drop the copy.
+            // Stale: cancelled, failed meanwhile, or reassigned. Drop the
+            // copy, unless this worker holds the task's result: a worker
+            // keeps one copy per task, so the stale run replaced the copy
+            // the core counts on (a run cancelled too late and assigned
+            // here again, which finished twice) and a free would lose it.
             self.unassign(worker, task);
-            comm.free(worker, task);
+            let holds = self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.state == State::Done && t.holders.contains(&worker));
+            if !holds {
+                comm.free(worker, task);
+            }
             return;
         }
         self.unassign(worker, task);

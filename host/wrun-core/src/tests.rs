@@ -1159,3 +1159,35 @@ fn staged_tasks_and_the_inputs_they_wait_for_are_not_stolen() {
         "{said:?}"
     );
 }
+
+#[test]
+fn a_second_finish_of_a_task_on_its_holder_keeps_the_result() {
+    // A run cancelled too late and assigned to the same worker again ends
+    // twice there: the worker keeps one copy per task, so freeing the
+    // "stale" copy would free the result the core counts on.
+    let mut env = Env::new(4);
+    env.worker(1, 1);
+    env.submit(vec![spec(1, &[]), spec(2, &[1])]);
+    env.said();
+    env.finish(1, 1, 8);
+    assert_eq!(
+        env.said(),
+        vec![
+            Said::Done(t(1), w(1)),
+            Said::Assign(w(1), t(2), vec![(t(1), w(1))]),
+        ]
+    );
+    env.finish(1, 1, 8);
+    assert_eq!(env.said(), vec![], "the holder's copy stays");
+    // A stale finish from a worker that does not hold it is dropped there.
+    env.worker(2, 1);
+    env.said();
+    env.finish(2, 1, 8);
+    assert_eq!(env.said(), vec![Said::Free(w(2), t(1))]);
+    // Once nobody needs it, the holder frees it as ever.
+    env.core.release(t(1), &mut env.comm);
+    assert_eq!(env.said(), vec![], "2 still reads it");
+    env.finish(1, 2, 8);
+    let said = env.said();
+    assert!(said.contains(&Said::Free(w(1), t(1))), "{said:?}");
+}

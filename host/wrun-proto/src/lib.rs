@@ -88,6 +88,11 @@ pub const SMALL_RESULT_BYTES: usize = 4096;
 /// still gets them inline, and a map's scalars cost a few bytes more.
 pub const ALWAYS_SHARED_BYTES: usize = 64;
 
+/// The failure kind of a run stopped by the scheduler's own cancel (the
+/// sandbox's `TaskError::Cancelled`). The scheduler took the task back when
+/// it sent the cancel, so it does not count such an end against the task.
+pub const CANCELLED_KIND: &str = "cancelled";
+
 /// Turns any displayable error into a capnp error for the caller.
 pub fn failed(error: impl std::fmt::Display) -> capnp::Error {
     capnp::Error::failed(error.to_string())

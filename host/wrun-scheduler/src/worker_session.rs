@@ -70,7 +70,14 @@ fn apply_event(
             }
         }
         Which::Failed(failure) => {
-            state.record_run(worker, task, failure.get_kind()?.to_str()?, 0, event);
+            let kind = failure.get_kind()?.to_str()?;
+            state.record_run(worker, task, kind, 0, event);
+            if kind == wrun_proto::CANCELLED_KIND {
+                // A run stopped by our own cancel: the task was taken back
+                // when the cancel was sent, and may be assigned to this very
+                // worker again by now; its end says nothing about that run.
+                return Ok(());
+            }
             state.keep_logs(task, failure.get_stdout()?, failure.get_stderr()?);
             let failure = Failure::Error {
                 kind: failure.get_kind()?.to_str()?.to_owned(),

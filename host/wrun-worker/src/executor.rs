@@ -18,14 +18,17 @@ pub(crate) fn executor(state: Arc<WorkerState>, thread: u32) {
             timing.transfer = job.transfer;
         }
         let made = matches!(event, Event::Finished { .. });
-        // Not idle if a parked job waits for this result: it runs next.
-        let idle = state.queue.finished(job.task) && !(made && state.queue.has_waiters(job.task));
         // The result's event goes out before anything that read it can
         // report: the scheduler must hear of an input before its dependent.
+        // So the job stays running (and its result unannounced: a staged
+        // job arriving now is parked on it) until its event is pushed.
+        let idle = state.queue.idle_after(job.task, made);
         state.events.push(event, idle);
-        if made {
-            state.queue.made(job.task);
-        }
+        // Parked jobs go once the result is here, from this run or an
+        // earlier one (a run cancelled too late and assigned here again).
+        state
+            .queue
+            .finished(job.task, made || state.results.contains(job.task));
     }
 }
 
@@ -90,5 +93,16 @@ fn run_job(state: &WorkerState, job: &Job, cancel: &Arc<AtomicBool>) -> Event {
             stderr: run.stderr.bytes,
             timing,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cancelled_run_ends_with_the_kind_the_scheduler_knows() {
+        assert_eq!(
+            wrun_sandbox::TaskError::Cancelled.kind(),
+            wrun_proto::CANCELLED_KIND
+        );
     }
 }

@@ -175,7 +175,10 @@ pub(crate) enum Cancelled {
 #[derive(Default)]
 struct Inner {
     queued: FairQueue,
-    running: HashMap<TaskId, Arc<AtomicBool>>,
+    /// Running jobs and their cancel flags. A list, as long as the
+    /// executors are many: a task cancelled while running and assigned
+    /// here again can run on two executors at once.
+    running: Vec<(TaskId, Arc<AtomicBool>)>,
     /// Assignments being prepared, and whether a cancel came meanwhile.
     preparing: HashMap<TaskId, bool>,
     /// Staged jobs waiting for local inputs still being made here, with
@@ -185,6 +188,37 @@ struct Inner {
     /// Which parked jobs wait for each input.
     waiters: HashMap<TaskId, Vec<TaskId>>,
     stopped: bool,
+}
+
+impl Inner {
+    fn is_running(&self, task: TaskId) -> bool {
+        self.running.iter().any(|(t, _)| *t == task)
+    }
+
+    /// `task`'s result is made: queues the parked jobs that waited only
+    /// for it, and returns how many.
+    fn release_waiters(&mut self, task: TaskId) -> usize {
+        let Some(waiting) = self.waiters.remove(&task) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for parked in waiting {
+            // Gone if it was cancelled meanwhile; a stale entry of a job
+            // parked again finds the input already gone from its set.
+            let Some((_, left)) = self.parked.get_mut(&parked) else {
+                continue;
+            };
+            if !left.remove(&task) {
+                continue;
+            }
+            if left.is_empty() {
+                let (job, _) = self.parked.remove(&parked).expect("just seen");
+                self.queued.push(job);
+                queued += 1;
+            }
+        }
+        queued
+    }
 }
 
 #[derive(Default)]
@@ -222,11 +256,15 @@ impl TaskQueue {
         true
     }
 
-    /// Queues a job whose local inputs are all in `results`, or parks it
-    /// until [`TaskQueue::made`] says the missing ones are (a staged task);
-    /// `false` if it was cancelled while being prepared. Checked under the
-    /// queue's lock, which `made` takes too: an input stored meanwhile is
-    /// either seen here or announced after the job is parked.
+    /// Queues a job whose local inputs are all made, or parks it until
+    /// they are (a staged task); `false` if it was cancelled while being
+    /// prepared. An input is made once it is in `results` and no executor
+    /// is running it: its executor stores it before it pushes its
+    /// `finished`, and a dependent must not report before the scheduler
+    /// heard of its input. Checked under the queue's lock, which
+    /// [`TaskQueue::finished`] and [`TaskQueue::made`] take too: an input
+    /// made meanwhile is either seen here or announced after the job is
+    /// parked.
     pub(crate) fn push_when_ready(&self, job: Job, results: &crate::results::ResultStore) -> bool {
         let mut inner = self.lock();
         if inner.preparing.remove(&job.task) == Some(true) {
@@ -236,7 +274,7 @@ impl TaskQueue {
             .local_inputs
             .iter()
             .map(|(_, input)| *input)
-            .filter(|input| !results.contains(*input))
+            .filter(|input| !results.contains(*input) || inner.is_running(*input))
             .collect();
         missing.sort_unstable();
         missing.dedup();
@@ -257,33 +295,17 @@ impl TaskQueue {
     }
 
     /// Whether a parked job waits for `task`'s result.
+    #[cfg(test)]
     pub(crate) fn has_waiters(&self, task: TaskId) -> bool {
         self.lock().waiters.contains_key(&task)
     }
 
-    /// `task`'s result is in the store now: the parked jobs that waited
-    /// only for it are queued.
+    /// `task`'s result came into the store other than by running it here
+    /// (a copy from a peer): the parked jobs that waited only for it are
+    /// queued.
     pub(crate) fn made(&self, task: TaskId) {
         let mut inner = self.lock();
-        let Some(waiting) = inner.waiters.remove(&task) else {
-            return;
-        };
-        let mut queued = 0;
-        for parked in waiting {
-            // Gone if it was cancelled meanwhile; a stale entry of a job
-            // parked again finds the input already gone from its set.
-            let Some((_, left)) = inner.parked.get_mut(&parked) else {
-                continue;
-            };
-            if !left.remove(&task) {
-                continue;
-            }
-            if left.is_empty() {
-                let (job, _) = inner.parked.remove(&parked).expect("just seen");
-                inner.queued.push(job);
-                queued += 1;
-            }
-        }
+        let queued = inner.release_waiters(task);
         drop(inner);
         for _ in 0..queued {
             self.ready.notify_one();
@@ -299,27 +321,46 @@ impl TaskQueue {
             }
             if let Some(job) = inner.queued.pop() {
                 let cancel = Arc::new(AtomicBool::new(false));
-                inner.running.insert(job.task, cancel.clone());
+                inner.running.push((job.task, cancel.clone()));
                 return Some((job, cancel));
             }
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// A job taken with [`TaskQueue::take`] ended; returns whether nothing
-    /// is left queued (the worker is about to idle).
-    pub(crate) fn finished(&self, task: TaskId) -> bool {
+    /// Whether the worker is about to idle once the running `task` ends
+    /// (`made`: with its result): nothing is queued, and no parked job
+    /// waits for that result (it would run next).
+    pub(crate) fn idle_after(&self, task: TaskId, made: bool) -> bool {
+        let inner = self.lock();
+        inner.queued.is_empty() && !(made && inner.waiters.contains_key(&task))
+    }
+
+    /// A job taken with [`TaskQueue::take`] ended and its event is pushed
+    /// (`made`: it stored its result): the parked jobs that waited only for
+    /// that result are queued.
+    pub(crate) fn finished(&self, task: TaskId, made: bool) {
         let mut inner = self.lock();
-        inner.running.remove(&task);
-        inner.queued.is_empty()
+        if let Some(at) = inner.running.iter().position(|(t, _)| *t == task) {
+            inner.running.swap_remove(at);
+        }
+        let queued = if made { inner.release_waiters(task) } else { 0 };
+        drop(inner);
+        for _ in 0..queued {
+            self.ready.notify_one();
+        }
     }
 
     pub(crate) fn cancel(&self, task: TaskId) -> Cancelled {
         let mut inner = self.lock();
+        let mut interrupted = false;
+        for (_, flag) in inner.running.iter().filter(|(t, _)| *t == task) {
+            flag.store(true, Ordering::Relaxed);
+            interrupted = true;
+        }
         if inner.queued.remove(task) || inner.parked.remove(&task).is_some() {
             Cancelled::Dequeued
-        } else if let Some(flag) = inner.running.get(&task) {
-            flag.store(true, Ordering::Relaxed);
+        } else if interrupted {
             Cancelled::Interrupted
         } else if let Some(cancelled) = inner.preparing.get_mut(&task) {
             *cancelled = true;
@@ -346,7 +387,7 @@ impl TaskQueue {
         inner.queued = FairQueue::default();
         inner.parked.clear();
         inner.waiters.clear();
-        for flag in inner.running.values() {
+        for (_, flag) in &inner.running {
             flag.store(true, Ordering::Relaxed);
         }
         for cancelled in inner.preparing.values_mut() {
@@ -393,7 +434,7 @@ mod tests {
         let mut order = Vec::new();
         while !queue.is_empty() {
             let (job, _) = queue.take().unwrap();
-            queue.finished(job.task);
+            queue.finished(job.task, false);
             order.push(job.task.0);
         }
         order
@@ -426,6 +467,39 @@ mod tests {
     }
 
     #[test]
+    fn an_input_stored_but_not_yet_announced_holds_its_staged_job_back() {
+        // The executor stores a result before it pushes its `finished`: a
+        // staged job that reads it must not start (and report) before.
+        let results = crate::results::ResultStore::default();
+        let queue = TaskQueue::default();
+        queue.push(job(1));
+        let (running, _) = queue.take().unwrap();
+        results.insert(TaskId(1), vec![0x01]).unwrap();
+        let staged = Job {
+            local_inputs: vec![(1, TaskId(1))],
+            ..job(2)
+        };
+        assert!(queue.push_when_ready(staged, &results));
+        assert!(queue.is_empty(), "parked while 1 is still running");
+        assert!(!queue.idle_after(running.task, true), "2 runs next");
+        queue.finished(running.task, true);
+        assert_eq!(drain(&queue), vec![2]);
+    }
+
+    #[test]
+    fn a_task_running_twice_is_cancelled_on_both_executors() {
+        let queue = TaskQueue::default();
+        queue.push(job(1));
+        let (first, first_flag) = queue.take().unwrap();
+        queue.push(job(1));
+        let (_, second_flag) = queue.take().unwrap();
+        assert_eq!(queue.cancel(TaskId(1)), Cancelled::Interrupted);
+        assert!(first_flag.load(Ordering::Relaxed) && second_flag.load(Ordering::Relaxed));
+        queue.finished(first.task, false);
+        assert_eq!(queue.running(), 1, "the other run is still running");
+    }
+
+    #[test]
     fn abandoning_drops_the_queue_and_stops_what_runs() {
         let queue = TaskQueue::default();
         queue.push(job(1));
@@ -443,7 +517,7 @@ mod tests {
             "a job prepared for the old scheduler is dropped"
         );
         assert_eq!(queue.running(), 1);
-        queue.finished(running.task);
+        queue.finished(running.task, false);
         assert_eq!(queue.running(), 0);
         queue.push(job(4));
         assert_eq!(drain(&queue), vec![4]);
@@ -546,7 +620,8 @@ mod tests {
         assert_eq!(queue.cancel(TaskId(4)), Cancelled::Unknown);
         // The prepared task arrives after its cancel: dropped.
         assert!(!queue.push(job(3)));
-        assert!(queue.finished(TaskId(1)));
+        assert!(queue.idle_after(TaskId(1), false));
+        queue.finished(TaskId(1), false);
         assert!(queue.is_empty());
         // Once finished, a late cancel finds nothing.
         assert_eq!(queue.cancel(TaskId(1)), Cancelled::Unknown);
