@@ -137,7 +137,9 @@ impl<P> Core<P> {
     /// An idle worker (fewer tasks than slots) takes half the surplus of a
     /// loaded worker's not-yet-started queue: the idle workers are the
     /// least loaded, the victim the one with most to give among the most
-    /// loaded.
+    /// loaded. The victims are looked at once a turn, not once per thief:
+    /// at the end of a map over many workers this runs at every event,
+    /// mostly to find that nobody has anything to give.
     pub(crate) fn steal(&mut self, comm: &mut impl Comm<P>) {
         let thieves: Vec<(WorkerId, usize)> = self
             .by_load
@@ -149,26 +151,38 @@ impl<P> Core<P> {
         if thieves.is_empty() {
             return;
         }
+        // Only a worker with more tasks than slots can give any. One steal
+        // at a time from a victim: the tasks it was asked for are its
+        // newest, and another thief's walk would pass over all of them.
+        let mut victims: Vec<(WorkerId, usize)> = self
+            .by_load
+            .iter()
+            .rev()
+            .take_while(|(key, _)| *key > 1000)
+            .take(VICTIMS_LOOKED_AT + thieves.len())
+            .filter(|(_, id)| self.workers[id].being_stolen == 0)
+            .map(|(_, id)| (*id, self.stealable_count(*id)))
+            .filter(|(id, queued)| *queued > self.workers[id].slots as usize)
+            .collect();
         for (thief, thief_load) in thieves {
             // Counted, not listed: a victim's whole queue is walked only
             // for the tasks taken (this ran at every turn with an idle
             // worker, and walking queues of 128 per slot dominated).
-            let victim = self
-                .by_load
+            let Some(at) = victims
                 .iter()
-                .rev()
-                .filter(|(_, id)| *id != thief)
-                .take(VICTIMS_LOOKED_AT)
-                .map(|(_, id)| (*id, self.stealable_count(*id)))
-                .filter(|(id, queued)| *queued > self.workers[id].slots as usize)
-                .max_by_key(|(id, queued)| (*queued, std::cmp::Reverse(*id)));
-            let Some((victim, queued)) = victim else {
-                continue;
+                .enumerate()
+                .filter(|(_, (id, _))| *id != thief)
+                .max_by_key(|(_, (id, queued))| (*queued, std::cmp::Reverse(*id)))
+                .map(|(at, _)| at)
+            else {
+                break;
             };
+            let (victim, queued) = victims[at];
             let count = queued.saturating_sub(thief_load) / 2;
             if count == 0 {
                 continue;
             }
+            victims.swap_remove(at);
             // The most recently queued ones: the victim would reach them last.
             let taken = self.stealable_newest(victim, count);
             self.mark_stealing(victim, &taken);
@@ -207,9 +221,9 @@ impl<P> Core<P> {
             .filter(|t| {
                 let task = &self.tasks[*t];
                 // Nor one a staged task waits for here.
-                !w.running.contains(t)
-                    && !task.stealing
+                !task.stealing
                     && !task.staged
+                    && !w.running.contains(t)
                     && !task.dependents.iter().any(|d| self.tasks[d].staged)
             })
             .take(count)

@@ -256,13 +256,14 @@ impl client_session::Server for ClientSessionImpl {
                 let digests = submit::stored_args(&spec.args);
                 state.values.use_by(spec.id, digests);
             }
+            // Each module once (a map names the same one 50,000 times).
             let digests: std::collections::BTreeSet<_> =
-                requests.iter().map(|r| hex::encode(r.module)).collect();
+                requests.iter().map(|r| r.module).collect();
             info!(
                 target: "wrun::audit",
                 tenant = record.map_or(OPERATOR, |t| t.name.as_str()),
                 tasks = requests.len(),
-                modules = %digests.into_iter().collect::<Vec<_>>().join(","),
+                modules = %digests.iter().map(hex::encode).collect::<Vec<_>>().join(","),
                 "tasks submitted"
             );
             state.journal(|state| {

@@ -187,9 +187,11 @@ impl cluster::Server for ClusterImpl {
         }
         let info = params.get_info()?;
         let worker = WorkerId(state.next_id().map_err(|e| failed(e.to_string()))?);
+        let name = info.get_name()?.to_str()?.to_owned();
         let conn = WorkerConn {
             control: params.get_control()?,
-            name: info.get_name()?.to_str()?.to_owned(),
+            label: crate::task_stream::worker_label(&name, worker).into(),
+            name,
             threads: info.get_threads().max(1),
             memory_bytes: info.get_memory_bytes(),
             peer_address: info.get_peer_address()?.to_str()?.to_owned(),

@@ -218,11 +218,7 @@ fn count(state: &State) -> Pass {
             Some((k, i)) if k == key => i,
             _ => {
                 let i = *index.entry(key).or_insert_with(|| {
-                    groups.push((
-                        spec.tenant,
-                        spec.payload.template.name.as_str(),
-                        [0; PHASES.len()],
-                    ));
+                    groups.push((spec.tenant, &*spec.payload.template.name, [0; PHASES.len()]));
                     groups.len() - 1
                 });
                 last = Some((key, i));
@@ -231,7 +227,7 @@ fn count(state: &State) -> Pass {
         };
         groups[group].2[phase_index(phase)] += 1;
         if let Some(graph) = &mut pass.graph {
-            let name = spec.payload.template.name.as_str();
+            let name = &*spec.payload.template.name;
             graph.push(GraphTask {
                 id: spec.id,
                 tenant: spec.tenant,

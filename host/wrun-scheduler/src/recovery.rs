@@ -531,7 +531,7 @@ fn decode_tasks(
             .or_insert_with(|| {
                 Rc::new(Template {
                     module: module.clone(),
-                    name,
+                    name: name.into(),
                     limits,
                 })
             })

@@ -27,7 +27,8 @@ pub(crate) struct Payload {
 /// What tasks of one submission share: one allocation for a whole map.
 pub(crate) struct Template {
     pub(crate) module: Rc<ModuleEntry>,
-    pub(crate) name: String,
+    /// Shared, not copied, by every run of it the task stream records.
+    pub(crate) name: std::sync::Arc<str>,
     pub(crate) limits: wrun_proto::TaskLimits,
 }
 
@@ -35,6 +36,8 @@ pub(crate) struct Template {
 pub(crate) struct WorkerConn {
     pub(crate) control: worker_control::Client,
     pub(crate) name: String,
+    /// How the task stream names it (its name, or its id if it has none).
+    pub(crate) label: std::sync::Arc<str>,
     pub(crate) threads: u32,
     pub(crate) memory_bytes: u64,
     pub(crate) peer_address: String,
@@ -344,12 +347,11 @@ impl State {
             return;
         };
         let (key, tenant) = (spec.payload.key, spec.tenant);
-        let name = self.stream.intern(&spec.payload.template.name);
-        let worker_name = self
-            .workers
-            .get(&worker)
-            .map(|w| crate::task_stream::worker_label(&w.name, worker))
-            .unwrap_or_else(|| worker.to_string());
+        let name = spec.payload.template.name.clone();
+        let worker_name = match self.workers.get(&worker) {
+            Some(conn) => conn.label.clone(),
+            None => self.stream.intern(&worker.to_string()),
+        };
         let (mut start_us, mut end_us) = (event.get_start_us(), event.get_end_us());
         if end_us == 0 {
             let now = std::time::SystemTime::now()
@@ -368,7 +370,7 @@ impl State {
             key,
             tenant,
             name,
-            worker: self.stream.intern(&worker_name),
+            worker: worker_name,
             thread: event.get_thread(),
             start_us,
             end_us: end_us.max(start_us),

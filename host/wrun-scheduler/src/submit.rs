@@ -303,7 +303,7 @@ pub(crate) fn validate(
             .module
             .signatures
             .iter()
-            .find(|s| s.name == template.name)
+            .find(|s| *s.name == *template.name)
             .expect("the template was made for a declared task");
         if request.args.len() != signature.params.len() {
             return Err(SubmitError::ArgumentCount {
@@ -427,7 +427,7 @@ fn template_for(
     }
     Ok(Template {
         module,
-        name: request.task.to_owned(),
+        name: request.task.into(),
         limits: request.limits,
     })
 }
