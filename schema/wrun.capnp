@@ -90,6 +90,10 @@ struct TaskEvent {
       message @3 :Text;
     }
   }
+  # With `done`: the result itself when it is small (at most
+  # wrun_proto::ALWAYS_SHARED_BYTES, as its worker sent it with
+  # `finished`), so the client has it without a fetch; empty otherwise.
+  value @4 :Data;
 }
 
 # One value of a batched fetch. Values that would make the answer larger

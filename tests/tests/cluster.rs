@@ -1222,3 +1222,45 @@ fn a_chain_is_staged_on_the_worker_that_runs_its_head_and_survives_that_worker_d
         "{tasks:?}"
     );
 }
+
+#[test]
+fn small_results_reach_the_client_with_their_events_and_need_no_fetch() {
+    let mut procs = Procs::new("inline-results");
+    let file = procs.path("scheduler.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
+    procs.start(
+        "worker",
+        &[
+            "worker",
+            "--scheduler-file",
+            &file_arg,
+            "--threads",
+            "1",
+            "--no-nanny",
+        ],
+    );
+    let client = connect(&file);
+    wait_until("the worker", LONG, || workers(&client).len() == 1);
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    let futures = client
+        .map(
+            &module,
+            "inc",
+            (0..500).map(|i| vec![json!(i).into()]).collect(),
+        )
+        .unwrap();
+    client.wait(&futures).unwrap();
+    // The only worker, which holds every result, is gone for good: a
+    // result not already in the client could only be had by running it
+    // again, and no worker is left to.
+    let victim = workers(&client)[0].pid;
+    nix_kill(victim as i32);
+    wait_until("the worker removed", LONG, || workers(&client).is_empty());
+    let results = wrun_tests::within("gathering without a worker", LONG, move || {
+        client.gather(&futures).unwrap()
+    });
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &json!(i + 1), "result {i}");
+    }
+}

@@ -29,7 +29,9 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub(crate) enum TaskState {
     Pending,
-    Done,
+    /// Done; with its result when the scheduler sent it along (small
+    /// results), so gathering it needs no fetch.
+    Done(Option<Box<[u8]>>),
     /// Boxed: failures are rare and the table has an entry per task (a
     /// million-task map kept 48 bytes more per entry inline).
     Failed(Box<TaskFailure>),
@@ -42,14 +44,34 @@ pub(crate) struct TaskTable {
     pub(crate) tasks: HashMap<TaskKey, TaskState, wrun_proto::IdHash>,
     /// Keys in the order they finished (done or failed): waiters read what
     /// is new since their last look instead of rescanning all their keys.
+    /// Kept only while a waiter reads it (a waiter reads only what
+    /// finishes after it starts), so it does not grow for ever.
     pub(crate) finished_log: Vec<TaskKey>,
+    /// Waiters reading `finished_log` now.
+    pub(crate) log_readers: usize,
     pub(crate) disconnected: Option<String>,
 }
 
 impl TaskTable {
     pub(crate) fn record(&mut self, key: TaskKey, state: TaskState) {
         self.tasks.insert(key, state);
-        self.finished_log.push(key);
+        if self.log_readers > 0 {
+            self.finished_log.push(key);
+        }
+    }
+
+    /// A waiter starts reading `finished_log`; returns where it starts.
+    pub(crate) fn start_reading_log(&mut self) -> usize {
+        self.log_readers += 1;
+        self.finished_log.len()
+    }
+
+    /// A waiter is done with `finished_log`; the last one empties it.
+    pub(crate) fn stop_reading_log(&mut self) {
+        self.log_readers -= 1;
+        if self.log_readers == 0 {
+            self.finished_log = Vec::new();
+        }
     }
 }
 
@@ -175,7 +197,10 @@ pub(crate) fn read_event(
     event: task_event::Reader<'_>,
 ) -> Result<(TaskKey, TaskState), capnp::Error> {
     let state = match event.which()? {
-        task_event::Which::Done(_) => TaskState::Done,
+        task_event::Which::Done(_) => {
+            let value = event.get_value()?;
+            TaskState::Done((!value.is_empty()).then(|| value.into()))
+        }
         task_event::Which::Failed(f) => TaskState::Failed(Box::new(TaskFailure {
             kind: f.get_kind()?.to_str()?.to_owned(),
             message: f.get_message()?.to_str()?.to_owned(),

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use serde_json::Value as Json;
+use wrun_proto::fetch_chunked;
 use wrun_proto::wrun_capnp::value;
-use wrun_proto::{TaskKey, fetch_chunked};
 
 use crate::client::Client;
+use crate::connection::TaskState;
 use crate::error::{ClientError, TaskFailure, rpc_error};
 use crate::task_future::TaskFuture;
 
@@ -24,14 +25,51 @@ impl Client {
         futures: &[TaskFuture],
     ) -> Result<Vec<Result<Vec<u8>, TaskFailure>>, ClientError> {
         let states = self.wait(futures)?;
-        let wanted: Vec<TaskKey> = futures
+        // Small results came with their events; the rest are fetched.
+        let mut came: Vec<Option<Vec<u8>>> = Vec::with_capacity(futures.len());
+        let mut wanted = Vec::new();
+        {
+            let table = self.inner.table();
+            for (future, state) in futures.iter().zip(&states) {
+                let value = match table.tasks.get(&future.key()) {
+                    Some(TaskState::Done(Some(value))) => Some(value.to_vec()),
+                    _ => {
+                        if state.is_ok() {
+                            wanted.push(future.key());
+                        }
+                        None
+                    }
+                };
+                came.push(value);
+            }
+        }
+        let mut fetched = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.fetch_values(wanted)?
+        };
+        Ok(futures
             .iter()
-            .zip(&states)
-            .filter(|(_, s)| s.is_ok())
-            .map(|(f, _)| f.key())
-            .collect();
+            .zip(states)
+            .zip(came)
+            .map(|((f, state), value)| {
+                state.map(|()| {
+                    value
+                        .or_else(|| fetched.remove(&f.key()))
+                        .unwrap_or_default()
+                })
+            })
+            .collect())
+    }
+
+    /// Fetches the results of `wanted`: small ones in batches, the rest
+    /// (and any not available at the moment) in chunks.
+    fn fetch_values(
+        &self,
+        wanted: Vec<wrun_proto::TaskKey>,
+    ) -> Result<HashMap<wrun_proto::TaskKey, Vec<u8>>, ClientError> {
         let wanted = std::sync::Arc::new(wanted);
-        let mut values = self.call(move |session| {
+        self.call(move |session| {
             let wanted = wanted.clone();
             Box::pin(async move {
                 let mut map = HashMap::with_capacity(wanted.len());
@@ -83,12 +121,7 @@ impl Client {
                 }
                 Ok(map)
             })
-        })?;
-        Ok(futures
-            .iter()
-            .zip(states)
-            .map(|(f, state)| state.map(|()| values.remove(&f.key()).unwrap_or_default()))
-            .collect())
+        })
     }
 
     /// Waits for the tasks and returns their results as JSON.

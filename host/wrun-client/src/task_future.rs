@@ -90,7 +90,7 @@ impl Client {
             .map(TaskFuture::key)
             .filter(|key| matches!(table.tasks.get(key), Some(TaskState::Pending)))
             .collect();
-        let mut cursor = table.finished_log.len();
+        let mut cursor = table.start_reading_log();
         let total = futures.len();
         let mut last = usize::MAX;
         loop {
@@ -107,7 +107,9 @@ impl Client {
                 break;
             }
             if let Some(reason) = &table.disconnected {
-                return Err(ClientError::Disconnected(reason.clone()));
+                let reason = reason.clone();
+                table.stop_reading_log();
+                return Err(ClientError::Disconnected(reason));
             }
             table = self
                 .inner
@@ -116,6 +118,7 @@ impl Client {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        table.stop_reading_log();
         Ok(futures
             .iter()
             .map(|f| match table.tasks.get(&f.key()) {

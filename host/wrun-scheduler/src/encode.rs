@@ -27,7 +27,7 @@ pub(crate) fn flush(shared: &Shared) {
         .client
         .values()
         .flatten()
-        .any(|(_, e)| matches!(e, ClientEvent::Done(_)))
+        .any(|(_, e)| matches!(e, ClientEvent::Done(..)))
     {
         state.finished.notify_waiters();
     }
@@ -261,7 +261,7 @@ fn send_client_events(state: &State, outbox: &Outbox) {
             continue;
         };
         for batch in split_by_size(events, |(_, event)| match event {
-            ClientEvent::Done(_) => 32,
+            ClientEvent::Done(_, value) => 32 + value.len(),
             ClientEvent::Failed(kind, message) => 64 + kind.len() + message.len(),
         }) {
             send_client_batch(state, *client, listener, batch);
@@ -287,7 +287,12 @@ fn send_client_batch(
                 .unwrap_or(u64::MAX),
         );
         match event {
-            ClientEvent::Done(size) => e.set_done(*size),
+            ClientEvent::Done(size, value) => {
+                e.set_done(*size);
+                if !value.is_empty() {
+                    e.set_value(value);
+                }
+            }
             ClientEvent::Failed(kind, message) => {
                 let mut f = e.init_failed();
                 f.set_kind(kind);

@@ -743,7 +743,9 @@ impl State {
         let mut ended: Vec<(TaskId, crate::state::ClientEvent)> = Vec::new();
         for task in conn.keys.values() {
             match self.core.outcome(*task) {
-                Some(Ok(size)) => ended.push((*task, crate::state::ClientEvent::Done(size))),
+                Some(Ok(size)) => {
+                    ended.push((*task, crate::state::ClientEvent::Done(size, Vec::new())))
+                }
                 Some(Err(failure)) => ended.push((
                     *task,
                     crate::state::ClientEvent::Failed(

@@ -70,7 +70,9 @@ pub(crate) struct ClientConn {
 
 /// What a client hears about one of its tasks.
 pub(crate) enum ClientEvent {
-    Done(u64),
+    /// Its result's size, and the result itself when its worker sent it
+    /// with `finished` (small; empty otherwise).
+    Done(u64, Vec<u8>),
     Failed(String, String),
 }
 
@@ -93,6 +95,9 @@ pub(crate) struct Outbox {
     pub(crate) finished: Vec<(TaskId, u64)>,
     pub(crate) failed: Vec<(TaskId, String, String)>,
     pub(crate) forgotten: Vec<TaskId>,
+    /// The result a worker sent with the `finished` being handled: the
+    /// core's `done` for that task takes it for the client's event.
+    pub(crate) finishing: Option<(TaskId, Vec<u8>)>,
 }
 
 impl Comm<Payload> for Outbox {
@@ -129,10 +134,17 @@ impl Comm<Payload> for Outbox {
     }
     fn done(&mut self, client: ClientId, task: TaskId, _worker: WorkerId, size: u64) {
         self.finished.push((task, size));
+        let value = match self.finishing.take() {
+            Some((finished, value)) if finished == task => value,
+            other => {
+                self.finishing = other;
+                Vec::new()
+            }
+        };
         self.client
             .entry(client)
             .or_default()
-            .push((task, ClientEvent::Done(size)));
+            .push((task, ClientEvent::Done(size, value)));
     }
     fn failed(&mut self, client: ClientId, task: TaskId, failure: &Failure) {
         let (kind, message) = (failure_kind(failure).to_owned(), failure.to_string());

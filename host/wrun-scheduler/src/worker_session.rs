@@ -52,17 +52,24 @@ fn apply_event(
         Which::Finished(done) => {
             state.record_run(worker, task, "done", done.get_size(), event);
             state.keep_logs(task, done.get_stdout()?, done.get_stderr()?);
+            // A result that came along goes to the client with `done` (if
+            // the core takes this finish as the task's), and it need not
+            // fetch it. Only what the worker said it made.
+            let value = done.get_value()?;
+            let whole = !value.is_empty() && value.len() as u64 == done.get_size();
+            if whole {
+                state.outbox.finishing = Some((task, value.to_vec()));
+            }
             state
                 .core
                 .task_finished(worker, task, done.get_size(), &mut state.outbox);
+            state.outbox.finishing = None;
             // Kept only if a task still to run needs it, the core took the
             // result as this worker's (not a stale finish), and it is what
             // the worker said it made.
-            let value = done.get_value()?;
             // A recomputed result replaces any copy of the old one.
             state.small_results.remove(task);
-            if !value.is_empty()
-                && value.len() as u64 == done.get_size()
+            if whole
                 && state.core.has_pending_dependents(task)
                 && state.core.holders(task).contains(&worker)
             {

@@ -165,9 +165,43 @@ impl SubmitCommand {
 
         let (embedded, client) = self.connect_or_embed()?;
         let module = client.upload(&bytes).map_err(client_failure)?;
-        // Sent in chunks as they are parsed: the scheduler starts on the
-        // first while the next is read.
-        let mut futures = Vec::with_capacity(calls.len());
+        if self.detach {
+            let mut futures = Vec::with_capacity(calls.len());
+            let mut chunk: Vec<Vec<Argument>> = Vec::new();
+            calls.each(|_, call| {
+                chunk.push(call.into_iter().map(Argument::from).collect());
+                if chunk.len() == CHUNK {
+                    futures.extend(
+                        client
+                            .map(&module, &task, std::mem::take(&mut chunk))
+                            .map_err(client_failure)?,
+                    );
+                }
+                Ok(())
+            })?;
+            futures.extend(client.map(&module, &task, chunk).map_err(client_failure)?);
+            return self.detach(&client, futures);
+        }
+        // Sent in chunks as they are parsed, and gathered, printed and
+        // released in order a chunk at a time, with at most CHUNKS_AHEAD
+        // sent beyond the one being gathered: the cluster always has work
+        // queued, and neither this process nor the scheduler ever holds
+        // more than a few chunks of a map, however long.
+        let mut output = MapOutput {
+            client: &client,
+            progress: Progress::new(calls.len(), fan_out),
+            printed: 0,
+            failures: 0,
+            name: |i: usize| {
+                if fan_out {
+                    format!("call {}", i + 1)
+                } else {
+                    format!("task `{task}`")
+                }
+            },
+        };
+        let mut in_flight: std::collections::VecDeque<Vec<wrun_client::TaskFuture>> =
+            std::collections::VecDeque::new();
         let mut chunk: Vec<Vec<Argument>> = Vec::new();
         calls.each(|_, call| {
             chunk.push(call.into_iter().map(Argument::from).collect());
@@ -175,40 +209,21 @@ impl SubmitCommand {
                 let sent = client
                     .map(&module, &task, std::mem::take(&mut chunk))
                     .map_err(client_failure)?;
-                futures.extend(sent);
+                in_flight.push_back(sent);
+                if in_flight.len() > CHUNKS_AHEAD {
+                    output.gather(in_flight.pop_front().expect("not empty"))?;
+                }
             }
             Ok(())
         })?;
         if !chunk.is_empty() {
-            futures.extend(client.map(&module, &task, chunk).map_err(client_failure)?);
+            in_flight.push_back(client.map(&module, &task, chunk).map_err(client_failure)?);
         }
         drop(calls);
-        if self.detach {
-            return self.detach(&client, futures);
+        while let Some(oldest) = in_flight.pop_front() {
+            output.gather(oldest)?;
         }
-        let progress = Progress::new(futures.len(), fan_out);
-        client
-            .wait_with_progress(&futures, |done, _| progress.set(done))
-            .map_err(client_failure)?;
-        let name = |i: usize| {
-            if fan_out {
-                format!("call {}", i + 1)
-            } else {
-                format!("task `{task}`")
-            }
-        };
-        // Gathered, printed and released a chunk at a time, so the client
-        // never holds every result at once.
-        let total = futures.len();
-        let mut failures = 0;
-        let mut left = futures.into_iter();
-        let mut printed = 0;
-        while printed < total {
-            let chunk: Vec<_> = left.by_ref().take(CHUNK).collect();
-            let results = client.gather(&chunk).map_err(client_failure)?;
-            failures += print_results(&results, |i| name(printed + i));
-            printed += chunk.len();
-        }
+        let (failures, total) = (output.failures, output.printed);
         drop(client);
         drop(embedded);
         if failures > 0 {
@@ -275,6 +290,34 @@ impl SubmitCommand {
 
 /// Calls a map sends and gathers at a time.
 const CHUNK: usize = 50_000;
+/// Chunks sent beyond the one being gathered.
+const CHUNKS_AHEAD: usize = 2;
+
+/// Where a map's results go: printed in order, a chunk at a time.
+struct MapOutput<'a, N: Fn(usize) -> String> {
+    client: &'a Client,
+    progress: Progress,
+    /// Results printed so far (the index of the next call).
+    printed: usize,
+    failures: usize,
+    /// How a failed call is named on stderr, by its index.
+    name: N,
+}
+
+impl<N: Fn(usize) -> String> MapOutput<'_, N> {
+    /// Waits for a chunk, prints its results and releases them.
+    fn gather(&mut self, chunk: Vec<wrun_client::TaskFuture>) -> Result<(), Failure> {
+        let base = self.printed;
+        let progress = &self.progress;
+        self.client
+            .wait_with_progress(&chunk, |done, _| progress.set(base + done))
+            .map_err(client_failure)?;
+        let results = self.client.gather(&chunk).map_err(client_failure)?;
+        self.failures += print_results(&results, |i| (self.name)(base + i));
+        self.printed += chunk.len();
+        Ok(())
+    }
+}
 
 fn parse_json(text: &str, what: String) -> Result<Json, Failure> {
     serde_json::from_str(text).map_err(|error| {
