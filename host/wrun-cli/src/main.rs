@@ -139,17 +139,18 @@ fn main() -> ExitCode {
     // `purge_delay` (10 ms); an idle scheduler never does, so memory freed
     // after a burst (a grown hash table) would stay resident. Purge at once.
     // It reads this option lazily, at its first purge, after `main` starts.
-    // And no transparent huge pages: a page mimalloc purged and then
-    // reuses is faulted in again, and as a huge page the kernel zeroes
-    // 2 MiB for it. That zeroing was a fifth of the scheduler's and a third
-    // of `wrun submit`'s CPU in a million-task map.
-    for (option, value) in [("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")] {
-        if std::env::var_os(option).is_none() {
-            // SAFETY: no other thread exists yet, so nothing reads the
-            // environment concurrently (the reason `set_var` is unsafe).
-            unsafe { std::env::set_var(option, value) };
-        }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: no other thread exists yet, so nothing reads the
+        // environment concurrently (the reason `set_var` is unsafe).
+        unsafe { std::env::set_var("MIMALLOC_PURGE_DELAY", "0") };
     }
+    // And no transparent huge pages (for this process and the ones it
+    // starts): a page mimalloc purged and then reuses is faulted in again,
+    // and as a huge page the kernel zeroes 2 MiB for it. That zeroing was a
+    // fifth of the scheduler's and a third of `wrun submit`'s CPU in a
+    // million-task map. mimalloc's own MIMALLOC_ALLOW_THP is read when it
+    // starts, before `main`, so it cannot be set from here.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     // Settings from --config FILE become WRUN_* variables, which every flag
     // falls back to; this must run before any thread starts.
     let args = match config::apply_config_file(std::env::args().collect(), &Cli::command()) {
