@@ -321,7 +321,11 @@ struct Copy {
 # over only for the ticket the scheduler issued for it, so whoever reaches
 # the port without the cluster secret cannot read results by guessing ids.
 interface Peer {
-  fetch @0 (task :UInt64, offset :UInt64, ticket :Data) -> (chunk :Chunk);
+  # A chunk of one of the peer's results. With `waitMs` above 0, a result
+  # the peer is still making is answered when it is made (at most that long,
+  # and at most 60 s): a staged task reads an input of another worker the
+  # moment it exists.
+  fetch @0 (task :UInt64, offset :UInt64, ticket :Data, waitMs :UInt32) -> (chunk :Chunk);
 }
 
 # The scheduler's journal (host/wrun-scheduler/src/journal.rs): every change

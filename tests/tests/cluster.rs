@@ -1041,7 +1041,10 @@ fn a_worker_spills_results_past_its_memory_and_every_one_comes_back_intact() {
 #[test]
 fn a_small_result_reaches_a_dependent_on_another_worker_inline_and_a_large_one_from_its_peer() {
     let mut procs = Procs::new("small-results");
-    let file = start_local(&mut procs, 2, &[]);
+    // Without staging every dependent waits in the scheduler, which passes
+    // small inputs on itself (with staging, the next test, it reads them
+    // from the peer making them).
+    let file = start_local(&mut procs, 2, &["--no-staging"]);
     let mut client = connect(&file);
     wait_until("2 workers", LONG, || workers(&client).len() == 2);
     let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
@@ -1263,4 +1266,63 @@ fn small_results_reach_the_client_with_their_events_and_need_no_fetch() {
     for (i, result) in results.iter().enumerate() {
         assert_eq!(result.as_ref().unwrap(), &json!(i + 1), "result {i}");
     }
+}
+
+#[test]
+fn a_task_reading_two_workers_results_is_staged_and_reads_the_other_from_its_peer_at_once() {
+    let mut procs = Procs::new("staged-across");
+    let file = start_local(&mut procs, 2, &[]);
+    let client = connect(&file);
+    wait_until("2 workers", LONG, || workers(&client).len() == 2);
+    let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
+    // Two 1-second roots on the two workers; a step that reads both, and a
+    // second step that reads the first.
+    let mut graph = client.graph();
+    let root = |graph: &mut wrun_client::Graph<'_>, seed: u64| {
+        graph.call(
+            &module,
+            "stencil",
+            vec![
+                json!(1_000_000).into(),
+                json!(seed).into(),
+                json!(0).into(),
+                json!(0).into(),
+            ],
+        )
+    };
+    let a = root(&mut graph, 1);
+    let b = root(&mut graph, 2);
+    let step = graph.call(
+        &module,
+        "stencil",
+        vec![json!(0).into(), a.into(), b.into(), json!(0).into()],
+    );
+    let next = graph.call(
+        &module,
+        "stencil",
+        vec![json!(0).into(), step.into(), json!(0).into(), json!(0).into()],
+    );
+    let outputs = graph.submit(&[step, next]).unwrap();
+    // While the roots run, the steps wait on the workers, not in the
+    // scheduler: the one reading both roots on one of their workers.
+    wait_until("both roots running", LONG, || {
+        client.status().unwrap().tasks.running == 2
+    });
+    let tasks = client.status().unwrap().tasks;
+    assert_eq!((tasks.on_workers, tasks.waiting), (4, 0), "{tasks:?}");
+    let results = client.gather(&outputs).unwrap();
+    // 1 + the deepest input: the roots answer 2 and 3.
+    assert_eq!(results[0].as_ref().unwrap(), &json!(4));
+    assert_eq!(results[1].as_ref().unwrap(), &json!(5));
+    // The step read one root from the other worker: a 1-byte transfer from
+    // the peer, started before that root was made.
+    let job = client.detach(outputs, "across").unwrap();
+    let stream = client.task_stream(&job).unwrap();
+    let step_run = &stream.records[0];
+    let transfer = step_run.transfer.expect("one input came from the peer");
+    assert_eq!(transfer.bytes, 1, "{stream:#?}");
+    assert!(
+        transfer.start_us < step_run.start_us.saturating_sub(500_000),
+        "the fetch was asked for while the root ran: {stream:#?}"
+    );
 }

@@ -101,6 +101,12 @@ pub struct Core<P> {
     /// No task is placed while set: a restarted scheduler waits for its
     /// workers to rejoin with the results they kept (`recovery.rs`).
     pub(crate) placement_held: bool,
+    /// Staged tasks whose worker reported them finished (with this many
+    /// bytes) before the core heard that all their inputs were made: an
+    /// input made on another worker reached them peer to peer while its
+    /// own report was still on the way. Recorded once the inputs are
+    /// (`staging.rs`); forgotten if the task leaves its worker first.
+    pub(crate) early_finishes: HashMap<TaskId, u64, crate::task::IdHash>,
 }
 
 impl<P> Core<P> {
@@ -116,6 +122,7 @@ impl<P> Core<P> {
             handoffs: BTreeMap::new(),
             recomputed: 0,
             placement_held: false,
+            early_finishes: HashMap::default(),
         }
     }
 

@@ -205,9 +205,13 @@ impl<P> Core<P> {
             }
             return;
         }
+        if self.tasks[&task].staged && self.missing(task) > 0 {
+            // Staged, and it ran on an input made on another worker whose
+            // report has not come yet: recorded when it does.
+            self.early_finishes.insert(task, size);
+            return;
+        }
         self.unassign(worker, task);
-        // Staged tasks start only once their inputs are made, and the
-        // worker reports those first; this is for safety's sake.
         self.tasks.get_mut(&task).expect("checked").staged = false;
         self.record_result(worker, task, size, comm);
         if self.is_retiring(worker) {
@@ -355,7 +359,7 @@ impl<P> Core<P> {
         } else {
             self.config.max_deaths
         };
-        for task in assigned {
+        for &task in &assigned {
             let Some(t) = self.tasks.get_mut(&task) else {
                 continue;
             };
@@ -380,6 +384,12 @@ impl<P> Core<P> {
             t.state = State::Ready;
             let tenant = t.spec.tenant;
             self.ready.push_front(tenant, task);
+        }
+        // Tasks staged on other workers waited for what it was making.
+        for task in &assigned {
+            if self.tasks.contains_key(task) {
+                self.unstage_dependents(*task, comm);
+            }
         }
         // Retiring workers may now be the only holders of results the
         // removed worker also had, and copies to it must go elsewhere.

@@ -184,12 +184,11 @@ impl<P> Core<P> {
                         self.ready.remove(tenant, task);
                         self.tasks.get_mut(&task).expect("known").state = State::Waiting;
                     }
-                    // A staged task whose inputs are still coming on its
-                    // worker stays.
+                    // A staged task whose inputs are still on their way
+                    // stays.
                     State::Assigned(worker)
                         if missing > 0
-                            && !(self.tasks[&task].staged
-                                && self.inputs_come_from(task, worker)) =>
+                            && !(self.tasks[&task].staged && self.inputs_on_their_way(task)) =>
                     {
                         self.unassign(worker, task);
                         comm.cancel(worker, task);

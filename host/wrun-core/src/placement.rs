@@ -40,6 +40,8 @@ impl<P> Core<P> {
         if !w.assigned.remove(&task) {
             return false;
         }
+        // A finish reported early was this assignment's only.
+        self.early_finishes.remove(&task);
         if stealing {
             w.being_stolen -= 1;
         }
@@ -127,7 +129,7 @@ impl<P> Core<P> {
             self.tasks.get_mut(&task).expect("known").state = State::Assigned(worker);
             self.assign_to(worker, task);
             comm.assign(worker, &self.tasks[&task].spec, &inputs);
-            self.stage_dependents(worker, task, comm);
+            self.stage_dependents(task, comm);
         }
         if self.ready.is_empty() {
             self.steal(comm);

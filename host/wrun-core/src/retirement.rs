@@ -41,6 +41,11 @@ impl<P> Core<P> {
         if !queued.is_empty() {
             comm.steal(worker, &queued);
         }
+        // Asked back, they may run elsewhere: what waits for them on other
+        // workers waits again.
+        for task in &queued {
+            self.unstage_dependents(*task, comm);
+        }
         self.hand_off(worker, comm);
         self.schedule(comm);
     }

@@ -62,8 +62,8 @@ impl<P> Core<P> {
                     if t.staged {
                         assert!(self.missing(*id) > 0, "{id} staged with all inputs made");
                         assert!(
-                            self.inputs_come_from(*id, *worker),
-                            "{id} staged on {worker}, which is not making its inputs"
+                            self.inputs_on_their_way(*id),
+                            "{id} staged on {worker}, but its inputs are not all being made"
                         );
                     } else {
                         assert_eq!(self.missing(*id), 0, "{id} assigned with missing inputs");
@@ -102,6 +102,13 @@ impl<P> Core<P> {
             assert!(
                 self.workers.contains_key(to),
                 "{task} handed to unknown {to}"
+            );
+        }
+        for task in self.early_finishes.keys() {
+            let t = &self.tasks[task];
+            assert!(
+                t.staged && matches!(t.state, State::Assigned(_)) && self.missing(*task) > 0,
+                "{task} finished early but is not a staged task waiting for inputs"
             );
         }
         for (id, w) in &self.workers {

@@ -19,7 +19,7 @@ use wrun_proto::{TaskId, fetch_chunked};
 use crate::inputs::{Pending, PendingInput};
 use crate::outbox::{Event, Transfer, unix_micros};
 use crate::peers::{Peers, fill_chunk};
-use crate::queue::Job;
+use crate::queue::{Cancelled, Job};
 use crate::state::WorkerState;
 
 /// The most value bytes one batched fetch answers with; the rest come back
@@ -104,6 +104,11 @@ impl ControlImpl {
     }
 }
 
+/// How long a staged task waits for an input a peer is making. Past it the
+/// task fails before running, and the scheduler (which does not count
+/// that against it) places it again once its inputs are done.
+const STAGED_INPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Fetches what an assignment lacks, then queues it (unless it was
 /// cancelled meanwhile); a failure fails the task.
 fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
@@ -127,6 +132,13 @@ fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
                     start_us: unix_micros(),
                     ..Transfer::default()
                 };
+                // A staged task's input may still be being made by its peer,
+                // which answers when it is.
+                let wait = if pending.wait_for_inputs {
+                    STAGED_INPUT_WAIT
+                } else {
+                    std::time::Duration::ZERO
+                };
                 for input in &pending.inputs {
                     if let PendingInput::Remote(remote_input) = input {
                         let (dep, address) = (&remote_input.task, &remote_input.address);
@@ -137,6 +149,7 @@ fn prepare(control: &CapRc<ControlImpl>, mut pending: Pending<'static>) {
                                 (address, &remote_input.certificate),
                                 *dep,
                                 &remote_input.ticket,
+                                wait,
                             )
                             .await
                             .map_err(|e| format!("fetching input {dep} from {address}: {e}"))?;
@@ -240,7 +253,12 @@ impl worker_control::Server for ControlImpl {
             tokio::task::spawn_local(async move {
                 let ok = match this
                     .peers
-                    .fetch((&address, &certificate), task, &ticket)
+                    .fetch(
+                        (&address, &certificate),
+                        task,
+                        &ticket,
+                        std::time::Duration::ZERO,
+                    )
                     .await
                 {
                     Ok(value) => match this.state.results.insert(task, value) {
@@ -271,6 +289,9 @@ impl worker_control::Server for ControlImpl {
     ) -> Result<(), capnp::Error> {
         for task in task_ids(params.get()?.get_tasks()?) {
             let given_back = self.state.queue.steal(task);
+            if given_back {
+                self.state.awaited.ended(task);
+            }
             self.state
                 .events
                 .push(Event::Stolen(task, given_back), true);
@@ -285,8 +306,20 @@ impl worker_control::Server for ControlImpl {
     ) -> Result<(), capnp::Error> {
         for task in task_ids(params.get()?.get_tasks()?) {
             // Queued: gone; running: stopped within a tick; being prepared:
-            // dropped when ready; unknown: nothing to do.
-            self.state.queue.cancel(task);
+            // dropped when ready.
+            match self.state.queue.cancel(task) {
+                Cancelled::Dequeued => self.state.awaited.ended(task),
+                // Not here: it may have run already (a staged task that
+                // read an input from a peer and finished before the
+                // scheduler heard of that input). The scheduler cancels
+                // only what it has not recorded as done, so its result is
+                // nobody's.
+                Cancelled::Unknown => {
+                    self.state.results.free(std::iter::once(task));
+                    self.state.awaited.ended(task);
+                }
+                Cancelled::Interrupted | Cancelled::WhilePreparing => {}
+            }
         }
         Ok(())
     }

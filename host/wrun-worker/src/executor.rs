@@ -29,6 +29,8 @@ pub(crate) fn executor(state: Arc<WorkerState>, thread: u32) {
         state
             .queue
             .finished(job.task, made || state.results.contains(job.task));
+        // A peer waiting for this result gets it now (or hears it failed).
+        state.awaited.ended(job.task);
     }
 }
 

@@ -29,6 +29,7 @@
 //! | `executor.rs` | the executor threads |
 //! | `outbox.rs` | task events gathered into batches |
 //! | `peers.rs` | serving results to peers, fetching from them |
+//! | `awaited.rs` | peers waiting for results still being made here |
 //! | `results.rs` | the results held, spilled to disk past a threshold |
 //! | `state.rs` | what the RPC thread and the executors share |
 //! | `nanny.rs` | the nanny: the worker's parent process, restarting it |
@@ -39,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+mod awaited;
 mod config;
 mod control;
 mod executor;

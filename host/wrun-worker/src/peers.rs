@@ -105,8 +105,27 @@ impl peer::Server for PeerImpl {
             return Err(failed("no such result on this worker"));
         }
         let offset = params.get_offset();
+        let wait = Duration::from_millis(u64::from(params.get_wait_ms())).min(MAX_WAIT);
+        if !wait.is_zero() && !self.state.results.contains(task) {
+            wait_until_made(&self.state, task, wait).await;
+        }
         fill_chunk(&self.state, task, offset, results.get().init_chunk()).await
     }
+}
+
+/// The longest a peer may wait for a result being made here.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `task` ends here (made or not), at most `wait`.
+async fn wait_until_made(state: &WorkerState, task: TaskId, wait: Duration) {
+    let Some(ended) = state.awaited.wait_for(task) else {
+        return; // too many waiting: answered as it stands
+    };
+    // Made between the first look and the registration: no wake-up comes.
+    if state.results.contains(task) {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, ended).await;
 }
 
 type PeerConnect = Shared<LocalBoxFuture<'static, Result<peer::Client, String>>>;
@@ -156,25 +175,33 @@ impl Peers {
         connect
     }
 
-    /// Fetches `task`'s result from the peer at `address`. After a failure
-    /// the connection is dropped, so the next fetch connects again.
+    /// Fetches `task`'s result from the peer at `address`, waiting up to
+    /// `wait` for the peer to make it. After a lost connection the next
+    /// fetch connects again.
     pub(crate) async fn fetch(
         &self,
         (address, certificate): (&str, &[u8]),
         task: TaskId,
         ticket: &[u8],
+        wait: Duration,
     ) -> Result<Vec<u8>, String> {
         let peer = self.connect(address, certificate).await?;
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         let value = fetch_chunked(|offset| {
             let mut request = peer.fetch_request();
             request.get().set_task(task.0);
             request.get().set_offset(offset);
             request.get().set_ticket(ticket);
+            request.get().set_wait_ms(wait_ms);
             request.send().promise
         })
         .await;
         value.map_err(|error| {
-            self.connections.borrow_mut().remove(address);
+            // A result that is not there (or not made in time) leaves the
+            // connection to the other fetches on it.
+            if error.kind == capnp::ErrorKind::Disconnected {
+                self.connections.borrow_mut().remove(address);
+            }
             error.to_string()
         })
     }

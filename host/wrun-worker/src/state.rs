@@ -18,6 +18,8 @@ pub(crate) struct WorkerState {
     pub(crate) modules: ModuleStore,
     pub(crate) sandbox: Sandbox,
     pub(crate) events: EventOutbox,
+    /// Peers waiting for results this worker is making.
+    pub(crate) awaited: crate::awaited::Awaited,
     /// The cluster secret, once known: peer tickets are checked with it.
     pub(crate) secret: std::sync::OnceLock<String>,
 }
@@ -30,6 +32,7 @@ impl WorkerState {
             modules: ModuleStore::default(),
             sandbox,
             events: EventOutbox::default(),
+            awaited: Default::default(),
             secret: std::sync::OnceLock::new(),
         }
     }
