@@ -144,13 +144,6 @@ fn main() -> ExitCode {
         // environment concurrently (the reason `set_var` is unsafe).
         unsafe { std::env::set_var("MIMALLOC_PURGE_DELAY", "0") };
     }
-    // And no transparent huge pages (for this process and the ones it
-    // starts): a page mimalloc purged and then reuses is faulted in again,
-    // and as a huge page the kernel zeroes 2 MiB for it. That zeroing was a
-    // fifth of the scheduler's and a third of `wrun submit`'s CPU in a
-    // million-task map. mimalloc's own MIMALLOC_ALLOW_THP is read when it
-    // starts, before `main`, so it cannot be set from here.
-    let _ = nix::sys::prctl::set_thp_disable(true);
     // Settings from --config FILE become WRUN_* variables, which every flag
     // falls back to; this must run before any thread starts.
     let args = match config::apply_config_file(std::env::args().collect(), &Cli::command()) {
