@@ -1300,7 +1300,12 @@ fn a_task_reading_two_workers_results_is_staged_and_reads_the_other_from_its_pee
     let next = graph.call(
         &module,
         "stencil",
-        vec![json!(0).into(), step.into(), json!(0).into(), json!(0).into()],
+        vec![
+            json!(0).into(),
+            step.into(),
+            json!(0).into(),
+            json!(0).into(),
+        ],
     );
     let outputs = graph.submit(&[step, next]).unwrap();
     // While the roots run, the steps wait on the workers, not in the

@@ -192,6 +192,8 @@ impl WorkerCommand {
     }
 
     pub(crate) fn execute(self) -> CommandResult {
+        // A scheduler that started it (`wrun local`) had them off.
+        crate::transparent_huge_pages(true);
         let config = self.config()?;
         if self.exit_with_parent {
             exit_with_parent();
