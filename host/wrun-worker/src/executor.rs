@@ -28,7 +28,7 @@ pub(crate) fn executor(state: Arc<WorkerState>, thread: u32) {
         // earlier one (a run cancelled too late and assigned here again).
         state
             .queue
-            .finished(job.task, made || state.results.contains(job.task));
+            .finished(job.task, &cancel, made || state.results.contains(job.task));
         // A peer waiting for this result gets it now (or hears it failed).
         state.awaited.ended(job.task);
     }

@@ -336,12 +336,12 @@ impl TaskQueue {
         inner.queued.is_empty() && !(made && inner.waiters.contains_key(&task))
     }
 
-    /// A job taken with [`TaskQueue::take`] ended and its event is pushed
-    /// (`made`: it stored its result): the parked jobs that waited only for
-    /// that result are queued.
-    pub(crate) fn finished(&self, task: TaskId, made: bool) {
+    /// A job taken with [`TaskQueue::take`] (with the cancel flag `flag`)
+    /// ended and its event is pushed (`made`: it stored its result): the
+    /// parked jobs that waited only for that result are queued.
+    pub(crate) fn finished(&self, task: TaskId, flag: &Arc<AtomicBool>, made: bool) {
         let mut inner = self.lock();
-        if let Some(at) = inner.running.iter().position(|(t, _)| *t == task) {
+        if let Some(at) = inner.running.iter().position(|(_, f)| Arc::ptr_eq(f, flag)) {
             inner.running.swap_remove(at);
         }
         let queued = if made { inner.release_waiters(task) } else { 0 };
@@ -433,8 +433,8 @@ mod tests {
     fn drain(queue: &TaskQueue) -> Vec<u64> {
         let mut order = Vec::new();
         while !queue.is_empty() {
-            let (job, _) = queue.take().unwrap();
-            queue.finished(job.task, false);
+            let (job, flag) = queue.take().unwrap();
+            queue.finished(job.task, &flag, false);
             order.push(job.task.0);
         }
         order
@@ -473,7 +473,7 @@ mod tests {
         let results = crate::results::ResultStore::default();
         let queue = TaskQueue::default();
         queue.push(job(1));
-        let (running, _) = queue.take().unwrap();
+        let (running, flag) = queue.take().unwrap();
         results.insert(TaskId(1), vec![0x01]).unwrap();
         let staged = Job {
             local_inputs: vec![(1, TaskId(1))],
@@ -482,7 +482,7 @@ mod tests {
         assert!(queue.push_when_ready(staged, &results));
         assert!(queue.is_empty(), "parked while 1 is still running");
         assert!(!queue.idle_after(running.task, true), "2 runs next");
-        queue.finished(running.task, true);
+        queue.finished(running.task, &flag, true);
         assert_eq!(drain(&queue), vec![2]);
     }
 
@@ -495,8 +495,12 @@ mod tests {
         let (_, second_flag) = queue.take().unwrap();
         assert_eq!(queue.cancel(TaskId(1)), Cancelled::Interrupted);
         assert!(first_flag.load(Ordering::Relaxed) && second_flag.load(Ordering::Relaxed));
-        queue.finished(first.task, false);
+        queue.finished(first.task, &first_flag, false);
         assert_eq!(queue.running(), 1, "the other run is still running");
+        // The other run's flag is still the one a cancel reaches.
+        second_flag.store(false, Ordering::Relaxed);
+        queue.cancel(TaskId(1));
+        assert!(second_flag.load(Ordering::Relaxed));
     }
 
     #[test]
@@ -517,7 +521,7 @@ mod tests {
             "a job prepared for the old scheduler is dropped"
         );
         assert_eq!(queue.running(), 1);
-        queue.finished(running.task, false);
+        queue.finished(running.task, &flag, false);
         assert_eq!(queue.running(), 0);
         queue.push(job(4));
         assert_eq!(drain(&queue), vec![4]);
@@ -621,7 +625,7 @@ mod tests {
         // The prepared task arrives after its cancel: dropped.
         assert!(!queue.push(job(3)));
         assert!(queue.idle_after(TaskId(1), false));
-        queue.finished(TaskId(1), false);
+        queue.finished(TaskId(1), &flag, false);
         assert!(queue.is_empty());
         // Once finished, a late cancel finds nothing.
         assert_eq!(queue.cancel(TaskId(1)), Cancelled::Unknown);

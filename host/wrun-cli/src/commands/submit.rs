@@ -167,26 +167,16 @@ impl SubmitCommand {
         let module = client.upload(&bytes).map_err(client_failure)?;
         if self.detach {
             let mut futures = Vec::with_capacity(calls.len());
-            let mut chunk: Vec<Vec<Argument>> = Vec::new();
-            calls.each(|_, call| {
-                chunk.push(call.into_iter().map(Argument::from).collect());
-                if chunk.len() == CHUNK {
-                    futures.extend(
-                        client
-                            .map(&module, &task, std::mem::take(&mut chunk))
-                            .map_err(client_failure)?,
-                    );
-                }
+            send_in_chunks(&client, &module, &task, &calls, |sent| {
+                futures.extend(sent);
                 Ok(())
             })?;
-            futures.extend(client.map(&module, &task, chunk).map_err(client_failure)?);
             return self.detach(&client, futures);
         }
-        // Sent in chunks as they are parsed, and gathered, printed and
-        // released in order a chunk at a time, with at most CHUNKS_AHEAD
-        // sent beyond the one being gathered: the cluster always has work
-        // queued, and neither this process nor the scheduler ever holds
-        // more than a few chunks of a map, however long.
+        // Gathered, printed and released in order a chunk at a time, with
+        // at most CHUNKS_AHEAD sent beyond the one being gathered: the
+        // cluster always has work queued, and neither this process nor the
+        // scheduler ever holds more than a few chunks of a map, however long.
         let mut output = MapOutput {
             client: &client,
             progress: Progress::new(calls.len(), fan_out),
@@ -200,25 +190,14 @@ impl SubmitCommand {
                 }
             },
         };
-        let mut in_flight: std::collections::VecDeque<Vec<wrun_client::TaskFuture>> =
-            std::collections::VecDeque::new();
-        let mut chunk: Vec<Vec<Argument>> = Vec::new();
-        calls.each(|_, call| {
-            chunk.push(call.into_iter().map(Argument::from).collect());
-            if chunk.len() == CHUNK {
-                let sent = client
-                    .map(&module, &task, std::mem::take(&mut chunk))
-                    .map_err(client_failure)?;
-                in_flight.push_back(sent);
-                if in_flight.len() > CHUNKS_AHEAD {
-                    output.gather(in_flight.pop_front().expect("not empty"))?;
-                }
+        let mut in_flight = std::collections::VecDeque::new();
+        send_in_chunks(&client, &module, &task, &calls, |sent| {
+            in_flight.push_back(sent);
+            if in_flight.len() > CHUNKS_AHEAD {
+                output.gather(in_flight.pop_front().expect("not empty"))?;
             }
             Ok(())
         })?;
-        if !chunk.is_empty() {
-            in_flight.push_back(client.map(&module, &task, chunk).map_err(client_failure)?);
-        }
         drop(calls);
         while let Some(oldest) = in_flight.pop_front() {
             output.gather(oldest)?;
@@ -292,6 +271,34 @@ impl SubmitCommand {
 const CHUNK: usize = 50_000;
 /// Chunks sent beyond the one being gathered.
 const CHUNKS_AHEAD: usize = 2;
+
+/// Sends the calls as they are parsed, CHUNK at a time (the scheduler
+/// starts on the first while the next is read), handing each chunk's
+/// futures to `sent`.
+fn send_in_chunks(
+    client: &Client,
+    module: &wrun_client::Module,
+    task: &str,
+    calls: &Calls,
+    mut sent: impl FnMut(Vec<wrun_client::TaskFuture>) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut chunk: Vec<Vec<Argument>> = Vec::new();
+    calls.each(|_, call| {
+        chunk.push(call.into_iter().map(Argument::from).collect());
+        if chunk.len() == CHUNK {
+            sent(
+                client
+                    .map(module, task, std::mem::take(&mut chunk))
+                    .map_err(client_failure)?,
+            )?;
+        }
+        Ok(())
+    })?;
+    if !chunk.is_empty() {
+        sent(client.map(module, task, chunk).map_err(client_failure)?)?;
+    }
+    Ok(())
+}
 
 /// Where a map's results go: printed in order, a chunk at a time.
 struct MapOutput<'a, N: Fn(usize) -> String> {
