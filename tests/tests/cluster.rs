@@ -41,6 +41,13 @@ fn start_local(procs: &mut Procs, workers: u32, extra: &[&str]) -> std::path::Pa
     file
 }
 
+/// Starts `wrun worker` on the scheduler file, with `extra` flags.
+fn start_worker(procs: &mut Procs, name: &str, file: &Path, extra: &[&str]) {
+    let mut args = vec!["worker", "--scheduler-file", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    procs.start(name, &args);
+}
+
 fn check_seed_workloads(client: &Client) {
     let module = client.upload(&read_module(SEED_TASKS_WASM)).unwrap();
     let answers = cluster_seed::run_all(client, &module).unwrap();
@@ -514,27 +521,17 @@ fn a_silent_worker_is_removed_after_missed_heartbeats_and_its_tasks_run_elsewher
     let file = procs.path("scheduler.json");
     let file_arg = file.to_str().unwrap().to_owned();
     procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
-    procs.start(
+    start_worker(
+        &mut procs,
         "worker-a",
-        &[
-            "worker",
-            "--scheduler-file",
-            &file_arg,
-            "--name",
-            "a",
-            "--no-nanny",
-        ],
+        &file,
+        &["--name", "a", "--no-nanny"],
     );
-    procs.start(
+    start_worker(
+        &mut procs,
         "worker-b",
-        &[
-            "worker",
-            "--scheduler-file",
-            &file_arg,
-            "--name",
-            "b",
-            "--no-nanny",
-        ],
+        &file,
+        &["--name", "b", "--no-nanny"],
     );
     let client = connect(&file);
     wait_until("2 workers", LONG, || workers(&client).len() == 2);
@@ -1232,16 +1229,11 @@ fn small_results_reach_the_client_with_their_events_and_need_no_fetch() {
     let file = procs.path("scheduler.json");
     let file_arg = file.to_str().unwrap().to_owned();
     procs.start("scheduler", &["scheduler", "--scheduler-file", &file_arg]);
-    procs.start(
+    start_worker(
+        &mut procs,
         "worker",
-        &[
-            "worker",
-            "--scheduler-file",
-            &file_arg,
-            "--threads",
-            "1",
-            "--no-nanny",
-        ],
+        &file,
+        &["--threads", "1", "--no-nanny"],
     );
     let client = connect(&file);
     wait_until("the worker", LONG, || workers(&client).len() == 1);
