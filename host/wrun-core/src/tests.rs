@@ -490,12 +490,10 @@ impl World {
                     .expect("known worker")
                     .push_back(task),
                 Said::Cancel(worker, task) => {
+                    // A result made but not yet reported stays (its report
+                    // is on the way), as on a real worker.
                     if let Some(q) = self.queues.get_mut(&worker) {
                         q.retain(|x| *x != task);
-                    }
-                    // A result made but not yet reported is dropped with it.
-                    if self.made.get(&task) == Some(&worker) {
-                        self.made.remove(&task);
                     }
                 }
                 Said::Steal(worker, tasks) => {

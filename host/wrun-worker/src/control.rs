@@ -307,17 +307,11 @@ impl worker_control::Server for ControlImpl {
         for task in task_ids(params.get()?.get_tasks()?) {
             // Queued: gone; running: stopped within a tick; being prepared:
             // dropped when ready.
+            // A result it made already stays: the scheduler may have
+            // taken its report (still on the way) for the task's next
+            // assignment, here, by the time it comes.
             match self.state.queue.cancel(task) {
-                Cancelled::Dequeued => self.state.awaited.ended(task),
-                // Not here: it may have run already (a staged task that
-                // read an input from a peer and finished before the
-                // scheduler heard of that input). The scheduler cancels
-                // only what it has not recorded as done, so its result is
-                // nobody's.
-                Cancelled::Unknown => {
-                    self.state.results.free(std::iter::once(task));
-                    self.state.awaited.ended(task);
-                }
+                Cancelled::Dequeued | Cancelled::Unknown => self.state.awaited.ended(task),
                 Cancelled::Interrupted | Cancelled::WhilePreparing => {}
             }
         }
