@@ -103,7 +103,7 @@ impl Env {
         }
     }
 
-    /// A core with staging on (`wrun scheduler --staging`).
+    /// A core with staging on (the default; `--no-staging` turns it off).
     fn staging(queue_per_slot: u32) -> Env {
         Env::with(CoreConfig {
             queue_per_slot,
