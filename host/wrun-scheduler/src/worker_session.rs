@@ -64,10 +64,10 @@ fn apply_event(
                 .core
                 .task_finished(worker, task, done.get_size(), &mut state.outbox);
             state.outbox.finishing = None;
-            // Kept only if a task still to run needs it, the core took the
+            // A recomputed result replaces any copy of the old one. Kept
+            // only if a task still to run needs it, the core took the
             // result as this worker's (not a stale finish), and it is what
             // the worker said it made.
-            // A recomputed result replaces any copy of the old one.
             state.small_results.remove(task);
             if whole
                 && state.core.has_pending_dependents(task)
@@ -87,7 +87,7 @@ fn apply_event(
             }
             state.keep_logs(task, failure.get_stdout()?, failure.get_stderr()?);
             let failure = Failure::Error {
-                kind: failure.get_kind()?.to_str()?.to_owned(),
+                kind: kind.to_owned(),
                 message: failure.get_message()?.to_str()?.to_owned(),
             };
             state
