@@ -53,10 +53,10 @@ fn run(workers: u64, tasks: u64, chain: bool) -> f64 {
         core.add_worker(WorkerId(1_000_000_000 + w), 1, now, &mut comm);
     }
     let started = Instant::now();
-    // Submitted in batches of 10,000, as the client does.
+    // Submitted in batches of 50,000, as the client does.
     let mut next = 1;
     while next <= tasks {
-        let end = (next + 10_000).min(tasks + 1);
+        let end = (next + 50_000).min(tasks + 1);
         let batch = (next..end)
             .map(|id| spec(id, (chain && id > 1).then(|| id - 1)))
             .collect();
@@ -73,8 +73,14 @@ fn run(workers: u64, tasks: u64, chain: bool) -> f64 {
             for (worker, task) in stolen {
                 core.steal_response(worker, task, false, &mut comm);
             }
-            for (worker, task) in assigned {
-                core.task_finished(worker, task, 1, &mut comm);
+            // Each worker's answers come as one batch, placed at its end,
+            // as the scheduler applies an `events` call.
+            for batch in assigned.chunk_by(|a, b| a.0 == b.0) {
+                core.defer_placement();
+                for (worker, task) in batch {
+                    core.task_finished(*worker, *task, 1, &mut comm);
+                }
+                core.place_deferred(&mut comm);
             }
         }
     }

@@ -101,6 +101,11 @@ pub struct Core<P> {
     /// No task is placed while set: a restarted scheduler waits for its
     /// workers to rejoin with the results they kept (`recovery.rs`).
     pub(crate) placement_held: bool,
+    /// Set between [`Core::defer_placement`] and [`Core::place_deferred`]:
+    /// a batch of events is placed once, at its end.
+    pub(crate) placement_deferred: bool,
+    /// Something asked for placement while it was deferred.
+    pub(crate) placement_wanted: bool,
     /// Staged tasks whose worker reported them finished (with this many
     /// bytes) before the core heard that all their inputs were made: an
     /// input made on another worker reached them peer to peer while its
@@ -122,6 +127,8 @@ impl<P> Core<P> {
             handoffs: BTreeMap::new(),
             recomputed: 0,
             placement_held: false,
+            placement_deferred: false,
+            placement_wanted: false,
             early_finishes: HashMap::default(),
         }
     }

@@ -3,7 +3,8 @@
 //! number of workers: workers are kept in one set ordered by load, so the
 //! least loaded is the first; for locality only the holders of a task's
 //! inputs are examined (nothing else can have local bytes); and stealing
-//! looks at a bounded number of thieves and victims per turn.
+//! looks at a bounded number of thieves and victims per turn. A batch of
+//! events from a worker is placed once, at its end (`defer_placement`).
 
 use crate::task::State;
 use crate::{Comm, Core, TaskId, WorkerId};
@@ -103,10 +104,31 @@ impl<P> Core<P> {
         }
     }
 
+    /// Defers placement until [`Core::place_deferred`]: the events of one
+    /// batch from a worker are decided together. Placing after each of
+    /// them cost a steal turn per finished task at the end of a map over
+    /// many workers, and placed nothing the batch's end would not.
+    pub fn defer_placement(&mut self) {
+        self.placement_deferred = true;
+    }
+
+    /// Ends a [`Core::defer_placement`]: places what became ready (and lets
+    /// idle workers steal) if any event in between asked for it.
+    pub fn place_deferred(&mut self, comm: &mut impl Comm<P>) {
+        self.placement_deferred = false;
+        if std::mem::take(&mut self.placement_wanted) {
+            self.schedule(comm);
+        }
+    }
+
     /// Assigns ready tasks to workers with room, tenant by tenant in
     /// weighted turns, then lets idle workers steal.
     pub(crate) fn schedule(&mut self, comm: &mut impl Comm<P>) {
         if self.placement_held {
+            return;
+        }
+        if self.placement_deferred {
+            self.placement_wanted = true;
             return;
         }
         let mut inputs = Vec::new();

@@ -309,6 +309,27 @@ fn an_idle_worker_steals_queued_tasks() {
 }
 
 #[test]
+fn a_batch_of_events_is_placed_once_at_its_end() {
+    let mut env = Env::new(1);
+    env.worker(1, 1);
+    env.submit((1..=4).map(|i| spec(i, &[])).collect());
+    assert_eq!(env.said(), vec![Said::Assign(w(1), t(1), vec![])]);
+    env.core.defer_placement();
+    env.finish(1, 1, 8);
+    // Done is said at once; the freed slot is not filled yet.
+    assert_eq!(
+        std::mem::take(&mut env.comm.said),
+        vec![Said::Done(t(1), w(1))]
+    );
+    env.core.place_deferred(&mut env.comm);
+    assert_eq!(env.said(), vec![Said::Assign(w(1), t(2), vec![])]);
+    // Nothing asked for placement: ending a batch decides nothing.
+    env.core.defer_placement();
+    env.core.place_deferred(&mut env.comm);
+    assert_eq!(env.said(), vec![]);
+}
+
+#[test]
 fn bad_submissions_are_refused_whole() {
     let mut env = Env::new(4);
     let err = env
@@ -412,6 +433,9 @@ enum Step {
     /// Worker (by index) delivers its oldest report: reports of different
     /// workers reach the core in any order.
     Deliver(usize),
+    /// Worker (by index) delivers all its reports in one batch, placed
+    /// once at its end (as the scheduler applies an `events` call).
+    DeliverAll(usize),
     /// Worker fails its oldest task.
     FailOne(usize),
     /// Answer a pending steal request.
@@ -430,6 +454,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..4).prop_map(Step::RemoveWorker),
         8 => (0usize..4).prop_map(Step::Progress),
         6 => (0usize..4).prop_map(Step::Deliver),
+        2 => (0usize..4).prop_map(Step::DeliverAll),
         1 => (0usize..4).prop_map(Step::FailOne),
         2 => any::<bool>().prop_map(Step::AnswerSteal),
         1 => (0u64..40).prop_map(Step::Release),
@@ -602,7 +627,7 @@ impl World {
                     .or_default()
                     .push_back((task, finished));
             }
-            Step::Deliver(i) => {
+            Step::Deliver(i) | Step::DeliverAll(i) => {
                 let Some(worker) = self
                     .outboxes
                     .keys()
@@ -611,20 +636,24 @@ impl World {
                 else {
                     return;
                 };
-                let Some((task, finished)) =
-                    self.outboxes.get_mut(&worker).and_then(VecDeque::pop_front)
-                else {
-                    return;
+                let outbox = self.outboxes.get_mut(&worker).expect("listed");
+                let reports = match step {
+                    Step::DeliverAll(_) => std::mem::take(outbox),
+                    _ => outbox.pop_front().into_iter().collect(),
                 };
-                if self.made.get(&task) == Some(&worker) {
-                    self.made.remove(&task);
+                env.core.defer_placement();
+                for (task, finished) in reports {
+                    if self.made.get(&task) == Some(&worker) {
+                        self.made.remove(&task);
+                    }
+                    if finished {
+                        env.core.task_finished(worker, task, 16, &mut env.comm);
+                    } else {
+                        env.core
+                            .task_failed(worker, task, error("random failure"), &mut env.comm);
+                    }
                 }
-                if finished {
-                    env.core.task_finished(worker, task, 16, &mut env.comm);
-                } else {
-                    env.core
-                        .task_failed(worker, task, error("random failure"), &mut env.comm);
-                }
+                env.core.place_deferred(&mut env.comm);
             }
             Step::AnswerSteal(give) => {
                 if let Some((worker, task)) = self.steals.pop_front() {

@@ -117,9 +117,15 @@ impl worker_session::Server for WorkerSessionImpl {
                 return Err(removed());
             }
             state.core.heartbeat(self.worker, Instant::now());
-            for event in events.iter() {
-                apply_event(&mut state, self.worker, event)?;
-            }
+            // The batch is placed once, after its last event (a malformed
+            // event ends it early, but what came before is placed).
+            state.core.defer_placement();
+            let applied = events
+                .iter()
+                .try_for_each(|event| apply_event(&mut state, self.worker, event));
+            let state = &mut *state;
+            state.core.place_deferred(&mut state.outbox);
+            applied?;
             state.progress.notify_waiters();
         }
         flush(&self.shared);
