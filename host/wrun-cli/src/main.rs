@@ -135,10 +135,11 @@ impl Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages on or off for this process and the ones it
-/// starts (`PR_SET_THP_DISABLE` is inherited). Off for the scheduler: it
-/// builds and frees messages all the time, and mimalloc, purging freed
-/// pages at once, had the kernel zero a fresh 2 MiB page for nearly each
-/// (16-21% of its CPU in a map; 1,000 simulated workers cost 9-12 µs per
+/// starts (`PR_SET_THP_DISABLE` is inherited). Off for every command but
+/// `wrun worker`: a scheduler or a client builds and frees messages all the
+/// time, and mimalloc, purging freed pages at once, had the kernel zero a
+/// fresh 2 MiB page for nearly each (16-21% of the scheduler's CPU in a
+/// map, 40% of `wrun submit`'s; 1,000 simulated workers cost 9-12 µs per
 /// task with huge pages, 7-8 without). On for workers, whose large results
 /// and transfers move 1.5x faster with them (64 MiB worker to worker
 /// 810-910 against 450-580 MB/s).
@@ -171,6 +172,10 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
+    // `wrun worker` turns them on again (also when `wrun local` starts it).
+    if !matches!(cli.command, Command::Worker(_)) {
+        transparent_huge_pages(false);
+    }
     // A scheduler logs its audit trail (connections, sessions, submissions)
     // unless WRUN_LOG says otherwise; other commands only warnings.
     let default_filter = match cli.command {

@@ -33,8 +33,6 @@ pub(crate) struct LocalCommand {
 
 impl LocalCommand {
     pub(crate) fn execute(self) -> CommandResult {
-        // This process is the scheduler; its workers turn them on again.
-        crate::transparent_huge_pages(false);
         let file = self.scheduler_file.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("wrun-local-{}.json", std::process::id()))
         });

@@ -21,7 +21,6 @@ pub(crate) struct SchedulerCommand {
 
 impl SchedulerCommand {
     pub(crate) fn execute(self) -> CommandResult {
-        crate::transparent_huge_pages(false);
         let config = self.serve.config(self.scheduler_file.clone());
         let code = wrun_scheduler::run_scheduler(config, |handle| {
             outln!("wrun scheduler listening on {}", handle.address);

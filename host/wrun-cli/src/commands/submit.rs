@@ -69,7 +69,7 @@ impl SubmitCommand {
             .arg
             .iter()
             .enumerate()
-            .map(|(i, text)| parse_json(text, format!("argument {}", i + 1)))
+            .map(|(i, text)| parse_json(text, || format!("argument {}", i + 1)))
             .collect::<Result<_, _>>()?;
         if !self.map {
             return Ok(Calls::Inline(vec![values]));
@@ -326,8 +326,11 @@ impl<N: Fn(usize) -> String> MapOutput<'_, N> {
     }
 }
 
-fn parse_json(text: &str, what: String) -> Result<Json, Failure> {
+/// `what` names the text in the error (made only then: a million-line
+/// args file parsed without formatting a name per line).
+fn parse_json(text: &str, what: impl FnOnce() -> String) -> Result<Json, Failure> {
     serde_json::from_str(text).map_err(|error| {
+        let what = what();
         Failure::input(anyhow!(
             "{what} ({text:?}) is not valid JSON: {error}; strings need quotes, e.g. '\"{text}\"'"
         ))
@@ -368,7 +371,7 @@ impl Calls {
             }
             Calls::File { path, text } => {
                 for (i, (n, line)) in Calls::lines(text).enumerate() {
-                    match parse_json(line, format!("line {} of {}", n + 1, path.display()))? {
+                    match parse_json(line, || format!("line {} of {}", n + 1, path.display()))? {
                         Json::Array(items) => f(i, items)?,
                         _ => {
                             return Err(Failure::input(anyhow!(

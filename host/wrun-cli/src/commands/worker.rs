@@ -192,7 +192,7 @@ impl WorkerCommand {
     }
 
     pub(crate) fn execute(self) -> CommandResult {
-        // A scheduler that started it (`wrun local`) had them off.
+        // Off in every other command, and inherited from `wrun local`.
         crate::transparent_huge_pages(true);
         let config = self.config()?;
         if self.exit_with_parent {
