@@ -160,6 +160,7 @@ impl cluster::Server for ClusterImpl {
                     ticket_hash,
                     orphaned_until: None,
                     resumed: false,
+                    events: Default::default(),
                 },
             );
             state.journal(|state| {

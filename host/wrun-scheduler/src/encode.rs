@@ -1,7 +1,7 @@
 //! Sending what the core decided: [`flush`] empties the [`Outbox`] into one
 //! batched call per worker and kind (run, steal, cancel, free, replicate)
-//! and one events call per client, so a map of 100,000 tasks is a handful
-//! of messages, not 100,000. Each batch is split by size
+//! and events calls to clients, one in flight at a time per client, so a
+//! map of 100,000 tasks is a handful of messages, not 100,000. Each batch is split by size
 //! ([`split_by_size`]) so that no message exceeds what its reader accepts:
 //! an oversized message would cost the connection, and with it the worker.
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::debug;
 use wrun_core::{Arg, TaskId, WorkerId};
+use wrun_proto::TaskKey;
 use wrun_proto::wrun_capnp::worker_control;
 
 use crate::state::{ClientEvent, Outbox, Shared, State};
@@ -16,7 +17,7 @@ use crate::state::{ClientEvent, Outbox, Shared, State};
 /// Sends everything the core decided, one batched call per worker and kind.
 pub(crate) fn flush(shared: &Shared) {
     let mut state = shared.borrow_mut();
-    let outbox = std::mem::take(&mut state.outbox);
+    let mut outbox = std::mem::take(&mut state.outbox);
     for task in &outbox.forgotten {
         state.values.forgotten(*task);
     }
@@ -52,7 +53,7 @@ pub(crate) fn flush(shared: &Shared) {
         }
     }
     send_replicates(&state, &outbox);
-    send_client_events(&state, &outbox);
+    send_client_events(&mut state, shared, std::mem::take(&mut outbox.client));
     // After the runs: nothing still to run needs a result freed or forgotten.
     for task in outbox.free.values().flatten().chain(&outbox.forgotten) {
         state.small_results.remove(*task);
@@ -255,37 +256,84 @@ fn send_replicates(state: &State, outbox: &Outbox) {
     }
 }
 
-fn send_client_events(state: &State, outbox: &Outbox) {
-    for (client, events) in &outbox.client {
-        let Some(listener) = state.clients.get(client).and_then(|c| c.listener.as_ref()) else {
+/// Hands each client its events: sent at once if no call to it is in
+/// flight, else held until its calls return (see [`ClientEvents`]).
+///
+/// [`ClientEvents`]: crate::state::ClientEvents
+fn send_client_events(
+    state: &mut State,
+    shared: &Shared,
+    events: std::collections::BTreeMap<wrun_core::ClientId, Vec<(TaskId, ClientEvent)>>,
+) {
+    for (client, events) in events {
+        // Keys now: a task may be forgotten before its event leaves.
+        let keyed = events.into_iter().map(|(task, event)| {
+            let key = state
+                .core
+                .spec(task)
+                .map_or(TaskKey(u64::MAX), |spec| spec.payload.key);
+            (key, event)
+        });
+        let Some(conn) = state.clients.get_mut(&client) else {
             continue;
         };
-        for batch in split_by_size(events, |(_, event)| match event {
-            ClientEvent::Done(_, value) => 32 + value.len(),
-            ClientEvent::Failed(kind, message) => 64 + kind.len() + message.len(),
-        }) {
-            send_client_batch(state, *client, listener, batch);
+        if conn.listener.is_none() {
+            continue; // restored, its client not back: it asks when it is
+        }
+        conn.events.held.extend(keyed);
+        if conn.events.in_flight == 0 {
+            send_held_events(state, shared, client);
         }
     }
 }
 
-fn send_client_batch(
-    state: &State,
-    client: wrun_core::ClientId,
+/// Sends what a client's events hold, in calls of at most
+/// [`wrun_proto::BATCH_BYTES`]; once they have all returned, what came
+/// meanwhile goes the same way.
+fn send_held_events(state: &mut State, shared: &Shared, client: wrun_core::ClientId) {
+    let Some(conn) = state.clients.get_mut(&client) else {
+        return;
+    };
+    let Some(listener) = conn.listener.clone() else {
+        conn.events.held.clear();
+        return;
+    };
+    let held = std::mem::take(&mut conn.events.held);
+    for batch in split_by_size(&held, |(_, event)| match event {
+        ClientEvent::Done(_, value) => 32 + value.len(),
+        ClientEvent::Failed(kind, message) => 64 + kind.len() + message.len(),
+    }) {
+        conn.events.in_flight += 1;
+        let call = client_events_request(&listener, batch).send().promise;
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(error) = call.await {
+                debug!("events to client {}: {error}", client.0);
+            }
+            let mut state = shared.borrow_mut();
+            let Some(conn) = state.clients.get_mut(&client) else {
+                return;
+            };
+            conn.events.in_flight -= 1;
+            if conn.events.in_flight == 0 && !conn.events.held.is_empty() {
+                send_held_events(&mut state, &shared, client);
+            }
+        });
+    }
+}
+
+fn client_events_request(
     listener: &wrun_proto::wrun_capnp::task_listener::Client,
-    events: &[(TaskId, ClientEvent)],
-) {
+    events: &[(TaskKey, ClientEvent)],
+) -> capnp::capability::Request<
+    wrun_proto::wrun_capnp::task_listener::events_params::Owned,
+    wrun_proto::wrun_capnp::task_listener::events_results::Owned,
+> {
     let mut request = listener.events_request();
     let mut list = request.get().init_events(events.len() as u32);
-    for (i, (task, event)) in events.iter().enumerate() {
+    for (i, (key, event)) in events.iter().enumerate() {
         let mut e = list.reborrow().get(i as u32);
-        e.set_key(
-            state
-                .core
-                .spec(*task)
-                .map(|spec| spec.payload.key.0)
-                .unwrap_or(u64::MAX),
-        );
+        e.set_key(key.0);
         match event {
             ClientEvent::Done(size, value) => {
                 e.set_done(*size);
@@ -300,10 +348,7 @@ fn send_client_batch(
             }
         }
     }
-    spawn_call(
-        format!("events to client {}", client.0),
-        request.send().promise,
-    );
+    request
 }
 
 /// How long the scheduler waits for a worker to answer a fetch. A worker

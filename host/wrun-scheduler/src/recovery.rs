@@ -420,6 +420,7 @@ fn apply(
                     ticket_hash,
                     orphaned_until: None,
                     resumed: false,
+                    events: Default::default(),
                 },
             );
         }

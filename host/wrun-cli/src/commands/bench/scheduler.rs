@@ -111,9 +111,11 @@ fn measure(
     drop(warm);
     // Its results freed before the clock starts: otherwise a free call to
     // every worker (1,000 of them) lands in the measured map.
-    wait_until("the warm-up's results freed", Duration::from_secs(60), || {
-        client.status().is_ok_and(|s| s.session_tasks == 0)
-    })?;
+    wait_until(
+        "the warm-up's results freed",
+        Duration::from_secs(60),
+        || client.status().is_ok_and(|s| s.session_tasks == 0),
+    )?;
 
     let cpu_before = cpu_seconds(pid);
     let t0 = Instant::now();
