@@ -526,6 +526,11 @@ fn bench_scheduler_runs_a_map_and_a_chain_on_simulated_workers_and_ends_with_jso
             last["scheduler_peak_rss_mib"].as_f64().unwrap() > 1.0,
             "{last}"
         );
+        // The tasks went out in batches and came back the same way.
+        let run_calls = last["run_calls"].as_u64().unwrap();
+        let events_calls = last["events_calls"].as_u64().unwrap();
+        assert!((1..=tasks).contains(&run_calls), "{last}");
+        assert!((1..=tasks * 2).contains(&events_calls), "{last}");
     }
     let out = wrun(&["bench", "scheduler", "--workers", "0"]);
     assert_eq!(out.code, Some(2), "{out:?}");

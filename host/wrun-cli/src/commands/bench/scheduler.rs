@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -85,11 +85,12 @@ fn measure(
 
     let stop = Arc::new(AtomicBool::new(false));
     let joined = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(Calls::default());
     let simulated = {
-        let (stop, joined) = (stop.clone(), joined.clone());
+        let (stop, joined, calls) = (stop.clone(), joined.clone(), calls.clone());
         std::thread::Builder::new()
             .name("simulated-workers".into())
-            .spawn(move || simulate(&address, &secret, workers, threads, &joined, &stop))?
+            .spawn(move || simulate(&address, &secret, workers, threads, &joined, &stop, calls))?
     };
     let client = Client::connect(&Target::File(file.clone()), Duration::from_secs(60))
         .map_err(|e| anyhow!(e))?;
@@ -117,6 +118,7 @@ fn measure(
         || client.status().is_ok_and(|s| s.session_tasks == 0),
     )?;
 
+    calls.reset();
     let cpu_before = cpu_seconds(pid);
     let t0 = Instant::now();
     match deps {
@@ -136,6 +138,7 @@ fn measure(
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds(pid) - cpu_before;
+    let [run_calls, steal_calls, free_calls, events_calls] = calls.read();
     let peak_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     drop(client);
@@ -157,6 +160,11 @@ fn measure(
     row("scheduler CPU", format!("{cpu_s:.3} s"));
     row("scheduler CPU per task", format!("{per_task_us:.2} µs"));
     row(
+        "calls to workers: run / steal / free",
+        format!("{run_calls} / {steal_calls} / {free_calls}"),
+    );
+    row("calls from workers: events", format!("{events_calls}"));
+    row(
         "scheduler peak RSS",
         format!("{:.1} MiB", peak_rss_kib as f64 / 1024.0),
     );
@@ -173,6 +181,10 @@ fn measure(
             "scheduler_cpu_s": (cpu_s * 1e3).round() / 1e3,
             "scheduler_cpu_per_task_us": (per_task_us * 100.0).round() / 100.0,
             "scheduler_peak_rss_mib": (peak_rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+            "run_calls": run_calls,
+            "steal_calls": steal_calls,
+            "free_calls": free_calls,
+            "events_calls": events_calls,
         })
     );
     Ok(())
@@ -186,6 +198,7 @@ fn simulate(
     threads: u32,
     joined: &AtomicUsize,
     stop: &AtomicBool,
+    calls: Arc<Calls>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -193,7 +206,7 @@ fn simulate(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
         for i in 0..workers {
-            let worker = SimulatedWorker::join(address, secret, i, threads).await?;
+            let worker = SimulatedWorker::join(address, secret, i, threads, &calls).await?;
             joined.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_local(worker.serve());
         }
@@ -202,6 +215,28 @@ fn simulate(
         }
         Ok(())
     })
+}
+
+/// The calls the simulated workers took (run, steal, free) and made
+/// (events) while the clock ran: the messages behind the figures.
+#[derive(Default)]
+struct Calls {
+    run: AtomicU64,
+    steal: AtomicU64,
+    free: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Calls {
+    fn reset(&self) {
+        for count in [&self.run, &self.steal, &self.free, &self.events] {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) -> [u64; 4] {
+        [&self.run, &self.steal, &self.free, &self.events].map(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// What a simulated worker owes the scheduler: task ids and whether each
@@ -215,6 +250,7 @@ struct Owed {
 struct SimulatedWorker {
     session: worker_session::Client,
     owed: Rc<Owed>,
+    calls: Arc<Calls>,
 }
 
 impl SimulatedWorker {
@@ -223,6 +259,7 @@ impl SimulatedWorker {
         secret: &str,
         i: u32,
         threads: u32,
+        calls: &Arc<Calls>,
     ) -> anyhow::Result<SimulatedWorker> {
         let stream = wrun_proto::connect_with_retry(address, Duration::from_secs(30))
             .await
@@ -236,8 +273,10 @@ impl SimulatedWorker {
             let _ = rpc.await;
         });
         let owed = Rc::new(Owed::default());
-        let control: worker_control::Client =
-            wrun_proto::capnp_rpc::new_client(SimulatedControl { owed: owed.clone() });
+        let control: worker_control::Client = wrun_proto::capnp_rpc::new_client(SimulatedControl {
+            owed: owed.clone(),
+            calls: calls.clone(),
+        });
         let mut request = cluster.register_worker_request();
         {
             let mut p = request.get();
@@ -255,7 +294,11 @@ impl SimulatedWorker {
         }
         let response = request.send().promise.await?;
         let session = response.get()?.get_session()?;
-        Ok(SimulatedWorker { session, owed })
+        Ok(SimulatedWorker {
+            session,
+            owed,
+            calls: calls.clone(),
+        })
     }
 
     /// Sends what it owes, one `events` call at a time, and a heartbeat
@@ -292,6 +335,7 @@ impl SimulatedWorker {
                         e.set_stolen(false);
                     }
                 }
+                self.calls.events.fetch_add(1, Ordering::Relaxed);
                 if request.send().promise.await.is_err() {
                     return;
                 }
@@ -306,6 +350,7 @@ impl SimulatedWorker {
 
 struct SimulatedControl {
     owed: Rc<Owed>,
+    calls: Arc<Calls>,
 }
 
 impl worker_control::Server for SimulatedControl {
@@ -314,6 +359,7 @@ impl worker_control::Server for SimulatedControl {
         params: worker_control::RunParams,
         _: worker_control::RunResults,
     ) -> Result<(), wrun_proto::capnp::Error> {
+        self.calls.run.fetch_add(1, Ordering::Relaxed);
         let tasks = params.get()?.get_tasks()?;
         let mut owed = self.owed.events.borrow_mut();
         owed.extend(tasks.iter().map(|a| (a.get_task(), true)));
@@ -327,6 +373,7 @@ impl worker_control::Server for SimulatedControl {
         params: worker_control::StealParams,
         _: worker_control::StealResults,
     ) -> Result<(), wrun_proto::capnp::Error> {
+        self.calls.steal.fetch_add(1, Ordering::Relaxed);
         // Every task ran the moment it came: nothing to give back.
         let tasks = params.get()?.get_tasks()?;
         self.owed
@@ -350,6 +397,7 @@ impl worker_control::Server for SimulatedControl {
         _: worker_control::FreeParams,
         _: worker_control::FreeResults,
     ) -> Result<(), wrun_proto::capnp::Error> {
+        self.calls.free.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
