@@ -1,6 +1,7 @@
 //! A client of the wire itself, below the client library, for the tests
 //! that play a misbehaving peer: one that starts uploads and never
-//! finishes them, or asks for answers and stops reading them.
+//! finishes them, asks for answers and stops reading them, or hears its
+//! task events and never answers them.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -55,7 +56,8 @@ impl AsyncWrite for Stalling {
 #[derive(Default)]
 struct Heard(RefCell<Vec<(u64, bool)>>);
 
-struct Listener(Rc<Heard>);
+/// Records the events; while `silent` is set, never answers the call.
+struct Listener(Rc<Heard>, Rc<Cell<bool>>);
 
 impl task_listener::Server for Listener {
     async fn events(
@@ -68,6 +70,9 @@ impl task_listener::Server for Listener {
             let done = matches!(e.which()?, Which::Done(_));
             self.0.0.borrow_mut().push((e.get_key(), done));
         }
+        if self.1.get() {
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
 }
@@ -78,6 +83,8 @@ pub struct RawSession {
     pub session: client_session::Client,
     /// Set to stop reading from the scheduler.
     pub stalled: Rc<Cell<bool>>,
+    /// Set to hear task events but never answer their calls.
+    pub silent: Rc<Cell<bool>>,
     heard: Rc<Heard>,
 }
 
@@ -99,15 +106,18 @@ impl RawSession {
         let bootstrap: cluster::Client = rpc.bootstrap(Side::Server);
         tokio::task::spawn_local(rpc);
         let heard = Rc::new(Heard::default());
+        let silent = Rc::new(Cell::new(false));
         let mut request = bootstrap.connect_client_request();
         request.get().set_token(token);
-        request
-            .get()
-            .set_listener(capnp_rpc::new_client(Listener(heard.clone())));
+        request.get().set_listener(capnp_rpc::new_client(Listener(
+            heard.clone(),
+            silent.clone(),
+        )));
         let response = request.send().promise.await.expect("a session");
         RawSession {
             session: response.get().unwrap().get_session().unwrap(),
             stalled,
+            silent,
             heard,
         }
     }

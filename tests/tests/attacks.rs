@@ -233,6 +233,34 @@ fn answers_asked_for_and_never_read_do_not_grow_the_scheduler() {
     cluster.still_serves();
 }
 
+#[test]
+fn a_client_that_never_answers_its_events_still_hears_of_later_tasks() {
+    // One events call to a client is in flight at a time; a client that
+    // hears its events and never answers must not hold its later ones back
+    // for good (they go once the call times out, 10 s).
+    let cluster = start("attack-silent", &[], 1, None);
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let guests = read_module(TEST_GUESTS_WASM);
+    let digest = wrun_abi::ModuleDigest::of(&guests).0;
+    local(async move {
+        let session = RawSession::open(&address, &token).await;
+        assert_eq!(
+            session
+                .upload_chunk(digest, 0, guests.len() as u64, &guests)
+                .await,
+            Ok(true)
+        );
+        session.silent.set(true);
+        session.submit(digest, "count_calls", &[], 1).await;
+        session.done(1).await;
+        session.submit(digest, "count_calls", &[], 2).await;
+        tokio::time::timeout(Duration::from_secs(30), session.done(2))
+            .await
+            .expect("the second task's event within 30 s");
+    });
+    cluster.still_serves();
+}
+
 /// Raises this process's open-file limit (its children inherit it).
 fn allow_open_files(n: u64) {
     let mut limit = libc::rlimit {

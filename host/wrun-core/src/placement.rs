@@ -121,6 +121,13 @@ impl<P> Core<P> {
         }
     }
 
+    /// Ends a [`Core::defer_placement`] without placing: the next event
+    /// that asks for placement gets it. For a batch abandoned half-way (a
+    /// panic while applying it), when placing at once is not safe.
+    pub fn lift_deferral(&mut self) {
+        self.placement_deferred = false;
+    }
+
     /// Assigns ready tasks to workers with room, tenant by tenant in
     /// weighted turns, then lets idle workers steal.
     pub(crate) fn schedule(&mut self, comm: &mut impl Comm<P>) {

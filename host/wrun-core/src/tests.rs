@@ -327,6 +327,14 @@ fn a_batch_of_events_is_placed_once_at_its_end() {
     env.core.defer_placement();
     env.core.place_deferred(&mut env.comm);
     assert_eq!(env.said(), vec![]);
+    // A batch abandoned half-way (lifted, not placed): the next event
+    // that asks for placement gets it.
+    env.core.defer_placement();
+    env.finish(1, 2, 8);
+    env.core.lift_deferral();
+    assert_eq!(env.said(), vec![Said::Done(t(2), w(1))]);
+    env.submit(vec![spec(5, &[])]);
+    assert_eq!(env.said(), vec![Said::Assign(w(1), t(3), vec![])]);
 }
 
 #[test]

@@ -287,6 +287,10 @@ fn send_client_events(
     }
 }
 
+/// How long an events call to a client may go unanswered before the
+/// events held behind it go anyway.
+const CLIENT_EVENTS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sends what a client's events hold, in calls of at most
 /// [`wrun_proto::BATCH_BYTES`]; once they have all returned, what came
 /// meanwhile goes the same way.
@@ -307,8 +311,14 @@ fn send_held_events(state: &mut State, shared: &Shared, client: wrun_core::Clien
         let call = client_events_request(&listener, batch).send().promise;
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
-            if let Err(error) = call.await {
-                debug!("events to client {}: {error}", client.0);
+            // A client that reads its calls but never answers them must not
+            // hold its later events here for good: past the time-out the
+            // call counts as returned (it was sent; the client may still
+            // take it), and the next batch goes.
+            match tokio::time::timeout(CLIENT_EVENTS_TIMEOUT, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => debug!("events to client {}: {error}", client.0),
+                Err(_) => debug!("events to client {}: no answer in time", client.0),
             }
             let mut state = shared.borrow_mut();
             let Some(conn) = state.clients.get_mut(&client) else {

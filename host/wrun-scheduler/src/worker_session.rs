@@ -104,6 +104,30 @@ fn apply_event(
     Ok(())
 }
 
+/// Placement deferred for one `events` call, and done when this is
+/// dropped. During a panic (a bug while applying an event) it only lifts
+/// the deferral: placing then could panic again, and a deferral left in
+/// place would stop all placement for good.
+struct DeferredPlacement<'a>(&'a mut State);
+
+impl<'a> DeferredPlacement<'a> {
+    fn new(state: &'a mut State) -> DeferredPlacement<'a> {
+        state.core.defer_placement();
+        DeferredPlacement(state)
+    }
+}
+
+impl Drop for DeferredPlacement<'_> {
+    fn drop(&mut self) {
+        let state = &mut *self.0;
+        if std::thread::panicking() {
+            state.core.lift_deferral();
+        } else {
+            state.core.place_deferred(&mut state.outbox);
+        }
+    }
+}
+
 impl worker_session::Server for WorkerSessionImpl {
     async fn events(
         self: CapRc<Self>,
@@ -111,25 +135,24 @@ impl worker_session::Server for WorkerSessionImpl {
         _: worker_session::EventsResults,
     ) -> Result<(), capnp::Error> {
         let events = params.get()?.get_events()?;
-        {
+        let applied = {
             let mut state = self.shared.borrow_mut();
             if !state.workers.contains_key(&self.worker) {
                 return Err(removed());
             }
             state.core.heartbeat(self.worker, Instant::now());
             // The batch is placed once, after its last event (a malformed
-            // event ends it early, but what came before is placed).
-            state.core.defer_placement();
+            // event ends it early: what came before is placed and sent).
+            let batch = DeferredPlacement::new(&mut state);
             let applied = events
                 .iter()
-                .try_for_each(|event| apply_event(&mut state, self.worker, event));
-            let state = &mut *state;
-            state.core.place_deferred(&mut state.outbox);
-            applied?;
+                .try_for_each(|event| apply_event(batch.0, self.worker, event));
+            drop(batch);
             state.progress.notify_waiters();
-        }
+            applied
+        };
         flush(&self.shared);
-        Ok(())
+        applied
     }
 
     async fn retire(

@@ -155,6 +155,9 @@ fn mpi(args: MpiCommand) -> CommandResult {
         1 => {
             wait_for_fresh_file(&file, started, args.connect_timeout.0)?;
             eprintln!("wrun mpi: rank 1 runs {:?}", args.command.join(" "));
+            // The user's program starts with the system's huge-page setting,
+            // not the one `main` chose for wrun's own processes.
+            crate::transparent_huge_pages(true);
             let status = Command::new(&args.command[0])
                 .args(&args.command[1..])
                 .env("WRUN_SCHEDULER_FILE", &file)
