@@ -145,6 +145,16 @@ impl RawSession {
             .map_err(|e| e.to_string())
     }
 
+    /// Uploads a whole module in one chunk; its digest.
+    pub async fn upload_module(&self, module: &[u8]) -> [u8; 32] {
+        let digest = wrun_abi::ModuleDigest::of(module).0;
+        let complete = self
+            .upload_chunk(digest, 0, module.len() as u64, module)
+            .await;
+        assert_eq!(complete, Ok(true), "uploading the module");
+        digest
+    }
+
     /// Submits `task(args)` (MessagePack array of arguments) as key `key`.
     pub async fn submit(&self, module: [u8; 32], task: &str, args: &[Vec<u8>], key: u64) {
         let mut request = self.session.submit_request();

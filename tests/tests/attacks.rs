@@ -186,15 +186,9 @@ fn answers_asked_for_and_never_read_do_not_grow_the_scheduler() {
     let pid = cluster.scheduler_pid();
     let (address, token) = (cluster.address.clone(), cluster.token.clone());
     let guests = read_module(TEST_GUESTS_WASM);
-    let digest = wrun_abi::ModuleDigest::of(&guests).0;
     let (before, peak) = local(async move {
         let session = RawSession::open(&address, &token).await;
-        assert_eq!(
-            session
-                .upload_chunk(digest, 0, guests.len() as u64, &guests)
-                .await,
-            Ok(true)
-        );
+        let digest = session.upload_module(&guests).await;
         // An 8 MB result, then 150 fetches of it whose answers are never read.
         session
             .submit(
@@ -241,15 +235,9 @@ fn a_client_that_never_answers_its_events_still_hears_of_later_tasks() {
     let cluster = start("attack-silent", &[], 1, None);
     let (address, token) = (cluster.address.clone(), cluster.token.clone());
     let guests = read_module(TEST_GUESTS_WASM);
-    let digest = wrun_abi::ModuleDigest::of(&guests).0;
     local(async move {
         let session = RawSession::open(&address, &token).await;
-        assert_eq!(
-            session
-                .upload_chunk(digest, 0, guests.len() as u64, &guests)
-                .await,
-            Ok(true)
-        );
+        let digest = session.upload_module(&guests).await;
         session.silent.set(true);
         session.submit(digest, "count_calls", &[], 1).await;
         session.done(1).await;

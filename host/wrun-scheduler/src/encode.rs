@@ -1,9 +1,10 @@
 //! Sending what the core decided: [`flush`] empties the [`Outbox`] into one
 //! batched call per worker and kind (run, steal, cancel, free, replicate)
-//! and events calls to clients, one in flight at a time per client, so a
-//! map of 100,000 tasks is a handful of messages, not 100,000. Each batch is split by size
-//! ([`split_by_size`]) so that no message exceeds what its reader accepts:
-//! an oversized message would cost the connection, and with it the worker.
+//! and events calls to clients, one batch in flight at a time per client,
+//! so a map of 100,000 tasks is a handful of messages, not 100,000. Each
+//! batch is split by size ([`split_by_size`]) so that no message exceeds
+//! what its reader accepts: an oversized message would cost the
+//! connection, and with it the worker.
 
 use std::time::Duration;
 
